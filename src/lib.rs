@@ -1,5 +1,42 @@
-//! iotally: a file-system minifilter that tallies per-file I/O per volume.
+//! iotally: a Windows file-system minifilter that tallies per-file I/O per volume.
+//!
+//! The same source builds three ways (see the README): for Windows with the WDK (`cargo make`), for
+//! Windows from Linux (`cargo xtask package`), and for the host, where every kernel import resolves
+//! to the `fltsim` simulator so that tests run the driver's real code.
+//!
+//! Layers, dependencies pointing down: [`DriverEntry`] → `filter` (registration and callbacks) →
+//! `table` (per-instance tallies) → `sync`, `irql`, `pool` (safe kernel primitives) → windows-sys.
 #![no_std]
 
 #[cfg(not(windows))]
 extern crate std;
+
+pub mod ffi;
+mod filter;
+pub mod inspect;
+pub mod irql;
+pub mod log;
+pub mod pool;
+#[cfg(all(windows, not(feature = "wdk")))]
+mod runtime;
+pub mod sync;
+pub mod table;
+
+use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
+use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
+
+/// The driver's entry point, called once by the I/O manager at `PASSIVE_LEVEL` when the driver loads.
+///
+/// Registers the minifilter with Filter Manager and starts filtering; on any failure nothing stays
+/// registered and the failure status is returned, so the load fails cleanly.
+///
+/// # Safety
+/// `driver` must be the driver object the I/O manager passes to a driver entry point; it must stay
+/// valid until the driver unloads.
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn DriverEntry(
+    driver: *mut DRIVER_OBJECT,
+    registry_path: *const UNICODE_STRING,
+) -> NTSTATUS {
+    filter::load(driver, registry_path)
+}

@@ -39,7 +39,7 @@ impl Drop for IrqlGuard {
 ///
 /// # Panics
 /// If `level` is below the current IRQL: `KeRaiseIrql` to a lower level bugchecks
-/// (IRQL_NOT_GREATER_OR_EQUAL).
+/// (`IRQL_NOT_GREATER_OR_EQUAL`).
 pub fn raise(level: u8) -> IrqlGuard {
     let previous = current();
     assert!(

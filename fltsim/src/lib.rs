@@ -7,8 +7,31 @@
 //! Only one [`Sim`] exists at a time in a process: creating one waits until the previous one is gone,
 //! because a driver's globals (its filter handle) and the simulated kernel are process-wide.
 
+pub mod apc;
+mod callback;
+mod context;
+mod file;
+mod filter;
+mod instance;
+mod io;
+mod port;
+pub mod verifier;
+mod volume;
+mod world;
+pub mod bugcheck;
 pub mod irql;
+pub mod kernel;
 pub mod pool;
+pub mod pushlock;
+pub mod registry;
 mod session;
+pub mod signature;
 
+pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
+pub use file::{FileHandle, IoResult, OpenOptions};
+pub use filter::DriverEntry;
+pub use port::{FLT_PORT_ALL_ACCESS, PortClient};
 pub use session::Sim;
+pub use verifier::Report;
+pub use volume::{FileSystem, Volume, VolumeSpec};
+pub use world::PostIrql;

@@ -2,23 +2,261 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+    FLTFL_INSTANCE_SETUP_MANUAL_ATTACHMENT, FLTFL_INSTANCE_SETUP_NEWLY_MOUNTED_VOLUME,
+    FLTFL_INSTANCE_TEARDOWN_VOLUME_DISMOUNT, PFLT_FILTER, PFLT_INSTANCE,
+};
+use windows_sys::Win32::Foundation::{
+    NTSTATUS, STATUS_FLT_DO_NOT_ATTACH, STATUS_FLT_INSTANCE_NOT_FOUND, STATUS_SUCCESS,
+};
+
+use crate::filter::{DriverEntry, DriverImage};
+use crate::verifier::{self, Report, tag_text};
+use crate::volume::{Volume, VolumeSpec};
+use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
+
 /// Serializes simulations: the simulated kernel and a loaded driver's globals are process-wide.
 static SESSION: Mutex<()> = Mutex::new(());
 
 /// A simulated machine: kernel, Filter Manager, volumes, and at most one loaded minifilter.
 ///
-/// Creating a `Sim` resets every simulated subsystem; dropping it ends the session.
+/// Creating a `Sim` resets every simulated subsystem; dropping it ends the session. Methods take
+/// `&self`, so one `Sim` can be shared by the threads of a `std::thread::scope` to issue I/O
+/// concurrently. A rule broken inside a simulated routine (which cannot panic: it is an
+/// `extern "system"` function) makes the next `Sim` method, or the `Sim`'s drop, panic with the
+/// recorded `fltsim: ...` message; [`Sim::check`] does it on demand.
 pub struct Sim {
     _session: MutexGuard<'static, ()>,
+    driver: Mutex<Option<DriverImage>>,
+    last_unload_report: Mutex<Option<Report>>,
+}
+
+/// Panics with a recorded rule violation when dropped, unless the thread is already panicking.
+pub(crate) struct CheckOnExit;
+
+impl Drop for CheckOnExit {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            verifier::check();
+        }
+    }
+}
+
+/// Reports earlier violations now, and later ones when the returned guard drops: every public
+/// entry point of the simulator starts with it.
+#[track_caller]
+pub(crate) fn checked() -> CheckOnExit {
+    verifier::check();
+    CheckOnExit
 }
 
 impl Sim {
     /// Starts a new simulation, waiting for any other one in this process to end first.
     #[must_use]
     pub fn new() -> Self {
-        let guard = SESSION.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = SESSION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::pool::reset();
-        Self { _session: guard }
+        crate::pushlock::reset();
+        crate::kernel::reset();
+        crate::registry::reset();
+        world::reset();
+        verifier::reset();
+        Self {
+            _session: guard,
+            driver: Mutex::new(None),
+            last_unload_report: Mutex::new(None),
+        }
+    }
+
+    /// Panics with the first rule violation a simulated routine recorded, if any.
+    ///
+    /// # Panics
+    /// When a rule was broken (the message starts with `fltsim: ` and names it).
+    #[track_caller]
+    pub fn check(&self) {
+        verifier::check();
+    }
+
+    /// Loads a driver: calls `driver_entry` at `PASSIVE_LEVEL` with a zeroed `DRIVER_OBJECT` and the
+    /// registry path `\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\<name>`; returns its status.
+    ///
+    /// If `DriverEntry` fails, the driver must have unregistered any filter it registered; otherwise
+    /// the report lists it.
+    ///
+    /// # Panics
+    /// If a driver is already loaded, or the driver broke a rule.
+    pub fn load(&self, name: &str, driver_entry: DriverEntry) -> NTSTATUS {
+        let _exit = checked();
+        assert!(
+            !world::with(|w| w.driver_loaded),
+            "fltsim: Sim::load: a driver is already loaded (one driver per Sim)"
+        );
+        let (status, image) = crate::filter::load(name, driver_entry);
+        *lock_ignoring_poison(&self.driver) = Some(image);
+        status
+    }
+
+    /// Unloads the driver as `fltmc unload` (`mandatory == false`) or a service stop / system
+    /// shutdown (`mandatory == true`) would: calls `FilterUnload` with `FLTFL_FILTER_UNLOAD_MANDATORY`
+    /// or 0 and returns its status.
+    ///
+    /// A driver without `FilterUnloadCallback` cannot be unloaded: `STATUS_NOT_SUPPORTED`, and it stays
+    /// loaded. A failure status keeps the driver loaded; it is only allowed for non-mandatory unloads.
+    /// On success the driver must have called `FltUnregisterFilter`. The verifier report at this point
+    /// is kept ([`Sim::unload_report`]) and printed to stderr unless clean.
+    ///
+    /// # Panics
+    /// If no driver is loaded, or the driver broke a rule (failing a mandatory unload, returning
+    /// success without unregistering, ...).
+    pub fn unload(&self, mandatory: bool) -> NTSTATUS {
+        let _exit = checked();
+        let status = crate::filter::unload(mandatory);
+        if status >= 0 && !verifier::pending() {
+            let report = build_report();
+            if !report.is_clean() {
+                eprintln!("{report}");
+            }
+            *lock_ignoring_poison(&self.last_unload_report) = Some(report);
+        }
+        status
+    }
+
+    /// The verifier report made when the driver last unloaded successfully.
+    #[must_use]
+    pub fn unload_report(&self) -> Option<Report> {
+        lock_ignoring_poison(&self.last_unload_report).clone()
+    }
+
+    /// What Driver Verifier and Filter Verifier would report now.
+    ///
+    /// While the filter is registered, leaks cannot be judged (the driver may legitimately hold
+    /// memory and references): the report then says the filter is not unregistered. After unload
+    /// (or a failed load) it lists leaked pool by tag, leaked context references by type, unreleased
+    /// file name information, communication ports left open, and findings such as a filter left
+    /// registered by a failed `DriverEntry`.
+    #[must_use]
+    pub fn verifier_report(&self) -> Report {
+        build_report()
+    }
+
+    /// Mounts a volume. When filtering has started, Filter Manager offers it to the filter
+    /// (`InstanceSetup` with `FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT` |
+    /// `FLTFL_INSTANCE_SETUP_NEWLY_MOUNTED_VOLUME`); volumes mounted before `FltStartFiltering` are
+    /// offered when it is called.
+    pub fn add_volume(&self, spec: VolumeSpec) -> Volume {
+        let _exit = checked();
+        let anchor = world::Anchor::new();
+        let handle = anchor.handle();
+        world::with(|w| {
+            w.volumes.push(world::Volume {
+                anchor,
+                spec,
+                removed: false,
+                files: std::collections::HashMap::new(),
+                next_id: 0x10_0000_0000_0005,
+                open_streams: std::collections::HashMap::new(),
+            });
+        });
+        crate::instance::setup(
+            handle,
+            windows_sys::Wdk::Storage::FileSystem::Minifilters::FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT
+                | FLTFL_INSTANCE_SETUP_NEWLY_MOUNTED_VOLUME,
+        );
+        Volume(handle)
+    }
+
+    /// Dismounts `volume`: its instance is torn down with `FLTFL_INSTANCE_TEARDOWN_VOLUME_DISMOUNT`
+    /// (no `InstanceQueryTeardown`); later I/O on its file handles fails with
+    /// `STATUS_VOLUME_DISMOUNTED`.
+    pub fn remove_volume(&self, volume: Volume) {
+        let _exit = checked();
+        let instance = world::with(|w| {
+            if let Some(v) = w.volume(volume.0) {
+                v.removed = true;
+            }
+            w.instance_on(volume.0)
+        });
+        if let Some(instance) = instance {
+            crate::instance::teardown(instance, FLTFL_INSTANCE_TEARDOWN_VOLUME_DISMOUNT);
+        }
+    }
+
+    /// Detaches the filter from `volume` as `fltmc detach` does: `InstanceQueryTeardown` may refuse
+    /// (its status is returned), a filter without that callback cannot be detached manually
+    /// (`STATUS_FLT_DO_NOT_DETACH`); otherwise teardown with `FLTFL_INSTANCE_TEARDOWN_MANUAL`.
+    /// `STATUS_FLT_INSTANCE_NOT_FOUND` if no instance is attached.
+    pub fn detach(&self, volume: Volume) -> NTSTATUS {
+        let _exit = checked();
+        match world::with(|w| w.instance_on(volume.0)) {
+            Some(instance) => crate::instance::detach(instance),
+            None => STATUS_FLT_INSTANCE_NOT_FOUND,
+        }
+    }
+
+    /// Attaches the filter to `volume` as `fltmc attach` does (`InstanceSetup` with
+    /// `FLTFL_INSTANCE_SETUP_MANUAL_ATTACHMENT`). Returns `STATUS_FLT_DO_NOT_ATTACH` when setup
+    /// refused or no filter is started.
+    pub fn attach(&self, volume: Volume) -> NTSTATUS {
+        let _exit = checked();
+        match crate::instance::setup(volume.0, FLTFL_INSTANCE_SETUP_MANUAL_ATTACHMENT) {
+            Some(_) => STATUS_SUCCESS,
+            None => STATUS_FLT_DO_NOT_ATTACH,
+        }
+    }
+
+    /// The filter's instance on `volume`, if one is attached.
+    #[must_use]
+    pub fn instance(&self, volume: Volume) -> Option<PFLT_INSTANCE> {
+        world::with(|w| {
+            w.instance_on(volume.0).filter(|i| {
+                w.instances
+                    .get(i)
+                    .is_some_and(|i| i.state == InstanceState::Attached)
+            })
+        })
+    }
+
+    /// The registered filter, if any (`PFLT_FILTER` the driver got from `FltRegisterFilter`).
+    #[must_use]
+    pub fn filter(&self) -> Option<PFLT_FILTER> {
+        world::with(|w| {
+            w.filter
+                .as_ref()
+                .filter(|f| f.state != FilterState::Unregistered)
+                .map(|f| f.anchor.handle())
+        })
+    }
+
+    /// Whether a driver is loaded.
+    #[must_use]
+    pub fn driver_loaded(&self) -> bool {
+        world::with(|w| w.driver_loaded)
+    }
+
+    /// Chooses the IRQL of post-operation callbacks that Windows may run at `DISPATCH_LEVEL`
+    /// (default [`PostIrql::Dispatch`]). Create, fast I/O and synchronized operations always get
+    /// their post-op at `PASSIVE_LEVEL`.
+    pub fn set_post_irql(&self, irql: PostIrql) {
+        world::with(|w| w.post_irql = irql);
+    }
+
+    /// From now on, operations that reach the file system wait there until [`Sim::release_io`]:
+    /// the way to have I/O in flight while a volume detaches or the driver unloads.
+    pub fn hold_io(&self) {
+        world::with(|w| w.hold_io = true);
+    }
+
+    /// Lets held operations complete, and new ones pass.
+    pub fn release_io(&self) {
+        world::with(|w| w.hold_io = false);
+        world::notify();
+    }
+
+    /// Waits until at least `count` operations are held in the file system.
+    pub fn wait_for_held_io(&self, count: usize) {
+        world::wait_for(|w| (w.held >= count).then_some(()));
     }
 }
 
@@ -26,4 +264,90 @@ impl Default for Sim {
     fn default() -> Self {
         Self::new()
     }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if world::with(|w| w.driver_loaded) {
+            eprintln!(
+                "fltsim: the Sim ends with the driver still loaded\n{}",
+                build_report()
+            );
+        }
+        if !std::thread::panicking() {
+            verifier::check();
+        }
+    }
+}
+
+/// Builds the report from the simulator's state now.
+pub(crate) fn build_report() -> Report {
+    let (mut lines, registered, names, ports, descriptors) = world::with(|w| {
+        let registered = w
+            .filter
+            .as_ref()
+            .is_some_and(|f| f.state != FilterState::Unregistered);
+        let names: usize = w.names.values().map(|n| n.references).sum();
+        let ports: Vec<String> = w
+            .server_ports
+            .values()
+            .filter(|p| p.open)
+            .map(|p| p.name.clone())
+            .collect();
+        (
+            w.findings.clone(),
+            registered,
+            names,
+            ports,
+            w.security_descriptors.len(),
+        )
+    });
+    let mut leaked_pool = Vec::new();
+    if registered {
+        lines.push("filter not unregistered: the driver is still loaded".into());
+    } else {
+        leaked_pool = crate::pool::outstanding();
+        for &(tag, bytes, count) in &leaked_pool {
+            lines.push(format!(
+                "leaked pool: tag '{}' ({tag:#010x}): {bytes} bytes in {count} allocation(s)",
+                tag_text(tag)
+            ));
+        }
+        for (context_type, contexts, references) in crate::context::outstanding() {
+            lines.push(format!(
+                "leaked context references: {}: {contexts} context(s), {references} reference(s) \
+                 outstanding",
+                crate::context::type_name(context_type)
+            ));
+        }
+        if names > 0 {
+            lines.push(format!(
+                "leaked file name information: {names} FLT_FILE_NAME_INFORMATION reference(s) not \
+                 released"
+            ));
+        }
+        for port in ports {
+            lines.push(format!("communication server port left open: {port}"));
+        }
+        let clients = crate::port::unclosed_client_ports();
+        if clients > 0 {
+            lines.push(format!(
+                "communication client port(s) not closed: {clients} connection(s) disconnected \
+                 without FltCloseClientPort"
+            ));
+        }
+        if descriptors > 0 {
+            lines.push(format!(
+                "security descriptor(s) not freed: {descriptors} from FltBuildDefaultSecurityDescriptor \
+                 without FltFreeSecurityDescriptor"
+            ));
+        }
+        let push_locks = crate::pushlock::live();
+        if push_locks > 0 {
+            lines.push(format!(
+                "push locks never deleted: {push_locks} initialized without FltDeletePushLock"
+            ));
+        }
+    }
+    Report { leaked_pool, lines }
 }

@@ -1,0 +1,261 @@
+//! Simulated Filter Manager push locks: `FltInitializePushLock`, `FltAcquirePushLock{Shared,Exclusive}`
+//! (and their `Ex` forms), `FltReleasePushLock{,Ex}`, `FltDeletePushLock`.
+//!
+//! The lock's state lives in the caller's 8-byte `EX_PUSH_LOCK` word ([`word`] documents each bit and
+//! the algorithm); waiters park by the word's address. The simulator's own bookkeeping ([`registry`])
+//! turns what would hang or bugcheck on Windows into a panic starting `fltsim: ` that names the rule
+//! (kernel-facts.md, "Push locks"; Microsoft's `FltAcquirePushLockShared` etc. reference pages):
+//!
+//! - every routine: IRQL <= `APC_LEVEL` (checked first), storage 8-byte aligned, lock initialized and
+//!   not deleted;
+//! - exclusive re-acquire by the owner, shared-to-exclusive upgrade, shared acquire by the exclusive
+//!   owner: `fltsim: push lock deadlock: ...` (the thread would wait for itself forever);
+//! - shared re-acquire by a shared holder is granted, as documented, unless an exclusive acquirer is
+//!   waiting: then Windows queues the thread behind that waiter, which waits for the thread's first
+//!   shared hold, and both hang; the simulator panics with `fltsim: push lock deadlock: ...`;
+//! - release by a thread that holds nothing (including a release on another thread than the
+//!   acquiring one); delete while held or while threads wait; acquire or release after delete.
+//!
+//! Acquires disable the thread's normal kernel APCs ([`crate::apc`]); releases re-enable them.
+
+pub mod parker;
+mod registry;
+pub mod word;
+
+use core::sync::atomic::AtomicUsize;
+
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+    FLT_PUSH_LOCK_DISABLE_AUTO_BOOST, FLT_PUSH_LOCK_ENABLE_AUTO_BOOST,
+};
+
+use crate::apc;
+use crate::irql::{self, APC_LEVEL};
+use parker::AddressParker;
+use registry::Mode;
+
+/// Number of push locks initialized and not deleted in this session (the verifier report's
+/// "push locks never deleted").
+#[must_use]
+pub fn live() -> usize {
+    registry::live().len()
+}
+
+/// Addresses of the push locks initialized and not deleted in this session, sorted.
+#[must_use]
+pub fn live_addresses() -> Vec<usize> {
+    registry::live()
+}
+
+/// Number of threads inside an acquire of the push lock at `address` that have not been granted
+/// it yet (waiting, or about to wait). Lets tests know that a thread is queued without sleeping.
+#[must_use]
+pub fn waiting(address: usize) -> usize {
+    registry::waiting(address)
+}
+
+/// Forgets every push lock: called when a new [`crate::Sim`] starts.
+pub(crate) fn reset() {
+    registry::reset();
+}
+
+/// The lock word at `push_lock`, after the IRQL, null and alignment checks of `routine`.
+///
+/// # Safety
+/// `push_lock`, if non-null and aligned, must point to 8 bytes of caller storage that stay valid for
+/// `'a` and are only accessed atomically while the lock is in use (the routines' contract).
+#[track_caller]
+unsafe fn word_at<'a>(routine: &str, push_lock: *const usize) -> &'a AtomicUsize {
+    irql::check_max(routine, APC_LEVEL);
+    assert!(
+        !push_lock.is_null(),
+        "fltsim: {routine}: PushLock is NULL (an access violation in kernel mode: bugcheck)"
+    );
+    assert!(
+        push_lock.addr() % 8 == 0,
+        "fltsim: {routine}: PushLock {:#x} is not 8-byte aligned (EX_PUSH_LOCK storage must be \
+         8-byte aligned on 64-bit Windows)",
+        push_lock.addr()
+    );
+    // SAFETY: non-null and 8-byte aligned (checked above), which is AtomicUsize's size and alignment
+    // on x64; validity and atomic-only access are the caller's contract.
+    unsafe { AtomicUsize::from_ptr(push_lock.cast_mut()) }
+}
+
+/// Checks the `Flags` of an `Ex` routine: 0, `FLT_PUSH_LOCK_DISABLE_AUTO_BOOST`, or the deprecated
+/// `FLT_PUSH_LOCK_ENABLE_AUTO_BOOST` (no effect); anything else is invalid.
+#[track_caller]
+fn check_flags(routine: &str, flags: u32) {
+    let valid = FLT_PUSH_LOCK_DISABLE_AUTO_BOOST | FLT_PUSH_LOCK_ENABLE_AUTO_BOOST;
+    assert!(
+        flags & !valid == 0,
+        "fltsim: {routine}: invalid Flags {flags:#x} (only FLT_PUSH_LOCK_DISABLE_AUTO_BOOST (2) and the \
+         deprecated FLT_PUSH_LOCK_ENABLE_AUTO_BOOST (1) are defined)"
+    );
+}
+
+#[track_caller]
+fn acquire(routine: &str, push_lock: *mut usize, mode: Mode) {
+    // SAFETY: the pointer comes from the caller of an FltAcquirePushLock* routine, whose contract
+    // is an initialized EX_PUSH_LOCK in storage that outlives the call.
+    let word = unsafe { word_at(routine, push_lock) };
+    let address = push_lock.addr();
+    let holds_shared = registry::begin_acquire(routine, address, mode);
+    apc::disable();
+    let parker = AddressParker::new(address);
+    match mode {
+        Mode::Exclusive => word::acquire_exclusive(word, &parker),
+        Mode::Shared => {
+            if let Err(hang) = word::acquire_shared(word, &parker, holds_shared) {
+                registry::abandon_acquire(address);
+                apc::enable(routine);
+                panic!(
+                    "fltsim: push lock deadlock: {routine} on push lock {address:#x} which this thread \
+                     already holds shared, while {} exclusive acquirer(s) wait: Windows queues this \
+                     thread behind the exclusive waiter, which waits for this thread's first shared \
+                     hold, and both hang (push locks are not recursive)",
+                    word::exclusive_waiters(hang.word)
+                );
+            }
+        }
+    }
+    registry::acquired(address, mode);
+}
+
+#[track_caller]
+fn release(routine: &str, push_lock: *mut usize) {
+    // SAFETY: as in `acquire`, the caller's contract for FltReleasePushLock*.
+    let word = unsafe { word_at(routine, push_lock) };
+    let address = push_lock.addr();
+    registry::release(routine, address);
+    word::release(word, &AddressParker::new(address));
+    apc::enable(routine);
+}
+
+/// `FltInitializePushLock`: initializes caller storage (8 bytes, 8-byte aligned) as a free push lock.
+/// IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to 8 writable bytes that stay valid until `FltDeletePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltInitializePushLock(pushlock: *mut usize) {
+    const ROUTINE: &str = "FltInitializePushLock";
+    // SAFETY: the caller's contract (see above).
+    let word = unsafe { word_at(ROUTINE, pushlock) };
+    registry::initialize(ROUTINE, pushlock.addr());
+    word.store(0, core::sync::atomic::Ordering::Release);
+}
+
+/// `FltAcquirePushLockShared`: acquires the lock shared, disabling normal kernel APCs.
+/// IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltAcquirePushLockShared(pushlock: *mut usize) {
+    acquire("FltAcquirePushLockShared", pushlock, Mode::Shared);
+}
+
+/// `FltAcquirePushLockExclusive`: acquires the lock exclusive, disabling normal kernel APCs.
+/// IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusive(pushlock: *mut usize) {
+    acquire("FltAcquirePushLockExclusive", pushlock, Mode::Exclusive);
+}
+
+/// `FltAcquirePushLockSharedEx`: as `FltAcquirePushLockShared`, with `FLT_PUSH_LOCK_*` flags (auto
+/// boost has no simulated effect). IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltAcquirePushLockSharedEx(pushlock: *mut usize, flags: u32) {
+    const ROUTINE: &str = "FltAcquirePushLockSharedEx";
+    irql::check_max(ROUTINE, APC_LEVEL);
+    check_flags(ROUTINE, flags);
+    acquire(ROUTINE, pushlock, Mode::Shared);
+}
+
+/// `FltAcquirePushLockExclusiveEx`: as `FltAcquirePushLockExclusive`, with `FLT_PUSH_LOCK_*` flags
+/// (auto boost has no simulated effect). IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusiveEx(
+    pushlock: *mut usize,
+    flags: u32,
+) {
+    const ROUTINE: &str = "FltAcquirePushLockExclusiveEx";
+    irql::check_max(ROUTINE, APC_LEVEL);
+    check_flags(ROUTINE, flags);
+    acquire(ROUTINE, pushlock, Mode::Exclusive);
+}
+
+/// `FltReleasePushLock`: releases one shared or exclusive hold of the calling thread and re-enables
+/// its normal kernel APCs. IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltReleasePushLock(pushlock: *mut usize) {
+    release("FltReleasePushLock", pushlock);
+}
+
+/// `FltReleasePushLockEx`: as `FltReleasePushLock`, with `FLT_PUSH_LOCK_*` flags.
+/// IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltReleasePushLockEx(pushlock: *mut usize, flags: u32) {
+    const ROUTINE: &str = "FltReleasePushLockEx";
+    irql::check_max(ROUTINE, APC_LEVEL);
+    check_flags(ROUTINE, flags);
+    release(ROUTINE, pushlock);
+}
+
+/// `FltDeletePushLock`: ends the lock's life; the storage may be freed afterwards.
+/// IRQL <= `APC_LEVEL`.
+///
+/// # Safety
+/// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
+#[unsafe(no_mangle)]
+pub unsafe extern "system-unwind" fn FltDeletePushLock(pushlock: *const usize) {
+    const ROUTINE: &str = "FltDeletePushLock";
+    // SAFETY: the caller's contract (see above).
+    let word = unsafe { word_at(ROUTINE, pushlock) };
+    registry::delete(
+        ROUTINE,
+        pushlock.addr(),
+        word.load(core::sync::atomic::Ordering::Acquire),
+    );
+}
+
+mod signatures {
+    use crate::signature::{same_1, same_2};
+    use windows_sys::Wdk::Storage::FileSystem::Minifilters as flt;
+
+    const _: () = same_1(super::FltInitializePushLock, flt::FltInitializePushLock);
+    const _: () = same_1(
+        super::FltAcquirePushLockShared,
+        flt::FltAcquirePushLockShared,
+    );
+    const _: () = same_1(
+        super::FltAcquirePushLockExclusive,
+        flt::FltAcquirePushLockExclusive,
+    );
+    const _: () = same_2(
+        super::FltAcquirePushLockSharedEx,
+        flt::FltAcquirePushLockSharedEx,
+    );
+    const _: () = same_2(
+        super::FltAcquirePushLockExclusiveEx,
+        flt::FltAcquirePushLockExclusiveEx,
+    );
+    const _: () = same_1(super::FltReleasePushLock, flt::FltReleasePushLock);
+    const _: () = same_2(super::FltReleasePushLockEx, flt::FltReleasePushLockEx);
+    const _: () = same_1(super::FltDeletePushLock, flt::FltDeletePushLock);
+}

@@ -1,0 +1,357 @@
+//! The simulated Filter Manager's state: one process-wide instance, reset by [`crate::Sim::new`].
+//!
+//! Everything lives behind one mutex. Driver callbacks are never called with it held (the driver
+//! calls back into simulated routines, which take it); code that must wait for another thread (a
+//! draining teardown, a held I/O) waits on [`CHANGED`], notified on every state change that matters.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+    PFLT_CONNECT_NOTIFY, PFLT_CONTEXT_ALLOCATE_CALLBACK, PFLT_CONTEXT_CLEANUP_CALLBACK,
+    PFLT_CONTEXT_FREE_CALLBACK, PFLT_DISCONNECT_NOTIFY, PFLT_FILTER_UNLOAD_CALLBACK,
+    PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK, PFLT_INSTANCE_SETUP_CALLBACK,
+    PFLT_INSTANCE_TEARDOWN_CALLBACK, PFLT_MESSAGE_NOTIFY, PFLT_POST_OPERATION_CALLBACK,
+    PFLT_PRE_OPERATION_CALLBACK,
+};
+
+use crate::volume::VolumeSpec;
+
+/// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
+pub(crate) fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The state, `None` before the first [`crate::Sim`].
+static WORLD: Mutex<Option<World>> = Mutex::new(None);
+
+/// Notified whenever an instance's in-flight work, a held I/O or a pended operation changes.
+pub(crate) static CHANGED: Condvar = Condvar::new();
+
+/// Runs `f` with the state locked.
+pub(crate) fn with<R>(f: impl FnOnce(&mut World) -> R) -> R {
+    let mut guard = lock_ignoring_poison(&WORLD);
+    f(guard.get_or_insert_with(World::default))
+}
+
+/// Waits until `ready` returns `Some`, re-checking it each time the state changes.
+pub(crate) fn wait_for<R>(mut ready: impl FnMut(&mut World) -> Option<R>) -> R {
+    let mut guard = lock_ignoring_poison(&WORLD);
+    loop {
+        if let Some(result) = ready(guard.get_or_insert_with(World::default)) {
+            return result;
+        }
+        guard = CHANGED.wait(guard).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Wakes every waiter of [`wait_for`].
+pub(crate) fn notify() {
+    CHANGED.notify_all();
+}
+
+/// Replaces the state with an empty one: called when a new [`crate::Sim`] starts.
+pub(crate) fn reset() {
+    *lock_ignoring_poison(&WORLD) = Some(World::default());
+}
+
+/// A stable, unique address used as a handle (`PFLT_FILTER`, `PFLT_INSTANCE`, ...).
+///
+/// The allocation is kept until the next [`reset`], so a stale handle never aliases a newer object.
+pub(crate) struct Anchor(Box<u64>);
+
+impl Anchor {
+    /// A new handle value.
+    pub(crate) fn new() -> Self {
+        Self(Box::new(0))
+    }
+
+    /// The handle's value.
+    pub(crate) fn handle(&self) -> isize {
+        std::ptr::from_ref::<u64>(&self.0) as isize
+    }
+}
+
+/// One entry of the registration's operation array.
+#[derive(Clone, Copy)]
+pub(crate) struct OperationEntry {
+    /// `FLTFL_OPERATION_REGISTRATION_*`.
+    pub flags: u32,
+    /// Pre-operation callback.
+    pub pre: PFLT_PRE_OPERATION_CALLBACK,
+    /// Post-operation callback.
+    pub post: PFLT_POST_OPERATION_CALLBACK,
+}
+
+/// One entry of the registration's context array.
+#[derive(Clone, Copy)]
+pub(crate) struct ContextEntry {
+    /// `FLT_*_CONTEXT`.
+    pub context_type: u16,
+    /// `FLTFL_CONTEXT_REGISTRATION_*`.
+    pub flags: u16,
+    /// Called when the last reference goes.
+    pub cleanup: PFLT_CONTEXT_CLEANUP_CALLBACK,
+    /// Size, or `FLT_VARIABLE_SIZED_CONTEXTS`.
+    pub size: usize,
+    /// Pool tag of the contexts' allocations.
+    pub tag: u32,
+    /// Optional allocator replacing the pool.
+    pub allocate: PFLT_CONTEXT_ALLOCATE_CALLBACK,
+    /// Optional free routine matching `allocate`.
+    pub free: PFLT_CONTEXT_FREE_CALLBACK,
+}
+
+/// Where a filter is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FilterState {
+    /// `FltRegisterFilter` succeeded.
+    Registered,
+    /// `FltStartFiltering` succeeded.
+    Started,
+    /// `FltUnregisterFilter` ran.
+    Unregistered,
+}
+
+/// A registered filter (copy of what the driver's `FLT_REGISTRATION` said).
+pub(crate) struct Filter {
+    pub anchor: Anchor,
+    pub state: FilterState,
+    pub operations: HashMap<u8, OperationEntry>,
+    pub contexts: Vec<ContextEntry>,
+    pub unload: PFLT_FILTER_UNLOAD_CALLBACK,
+    pub setup: PFLT_INSTANCE_SETUP_CALLBACK,
+    pub query_teardown: PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK,
+    pub teardown_start: PFLT_INSTANCE_TEARDOWN_CALLBACK,
+    pub teardown_complete: PFLT_INSTANCE_TEARDOWN_CALLBACK,
+}
+
+/// A simulated volume and its file system.
+pub(crate) struct Volume {
+    pub anchor: Anchor,
+    pub spec: VolumeSpec,
+    /// Dismounted by [`crate::Sim::remove_volume`].
+    pub removed: bool,
+    /// Files by upper-cased path relative to the volume root (`\dir\file.txt`).
+    pub files: HashMap<String, FileNode>,
+    /// Next file id to hand out.
+    pub next_id: u64,
+    /// Open file objects per stream (file key).
+    pub open_streams: HashMap<u128, usize>,
+}
+
+/// One file or directory of a simulated volume.
+#[derive(Clone, Debug)]
+pub(crate) struct FileNode {
+    /// The path as created (case preserved), relative to the volume root.
+    pub path: String,
+    /// The file system's file id: 64-bit ids are zero-extended; `ReFS` uses all 128 bits.
+    pub id: u128,
+    /// End of file.
+    pub size: u64,
+    /// Whether it is a directory.
+    pub directory: bool,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum InstanceState {
+    /// Attached: operations are filtered.
+    Attached,
+    /// Teardown started: new operations bypass the filter.
+    TearingDown,
+    /// Torn down.
+    Gone,
+}
+
+/// Progress of a post-operation callback owed to an operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PostState {
+    /// The operation is below the filter; its post-op will run when it completes.
+    Pending,
+    /// The operation completed and its thread is running the post-op.
+    Completing,
+    /// A teardown is calling the post-op with `FLTFL_POST_OPERATION_DRAINING`.
+    Draining,
+    /// The teardown called the post-op; the completion must not call it again.
+    Drained,
+}
+
+/// A post-operation callback owed to an operation below the filter.
+#[derive(Clone, Copy)]
+pub(crate) struct PendingPost {
+    pub state: PostState,
+    pub post: unsafe extern "system" fn(
+        *mut windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_CALLBACK_DATA,
+        *const windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_RELATED_OBJECTS,
+        *const core::ffi::c_void,
+        u32,
+    ) -> i32,
+    /// Address of the operation's `FLT_RELATED_OBJECTS`.
+    pub objects: usize,
+    /// The completion context the pre-op returned.
+    pub completion_context: usize,
+    /// The IRQL the post-op runs at.
+    pub irql: u8,
+}
+
+/// An instance of the filter on a volume.
+pub(crate) struct Instance {
+    /// Owns the handle's address (the map is keyed by it).
+    pub _anchor: Anchor,
+    pub volume: isize,
+    pub state: InstanceState,
+    /// The instance context (a linked context holds one reference).
+    pub context: Option<usize>,
+    /// Stream contexts by stream (file key).
+    pub stream_contexts: HashMap<u128, usize>,
+    /// Callbacks of this instance now running, plus pended pre-operations.
+    pub active: usize,
+    /// Operations that owe a post-op, by callback-data address.
+    pub posts: HashMap<usize, PendingPost>,
+}
+
+/// What a context is attached to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Link {
+    /// Allocated, never set.
+    Unlinked,
+    /// Set on an instance.
+    Instance(isize),
+    /// Set on a stream of an instance.
+    Stream(isize, u128),
+    /// Was linked, then deleted (it can never be linked again).
+    Deleted,
+}
+
+/// A context allocated by `FltAllocateContext`.
+#[allow(clippy::struct_field_names)] // `context_type` is Filter Manager's name for it
+pub(crate) struct Context {
+    pub context_type: u16,
+    pub paged: bool,
+    pub tag: u32,
+    pub references: usize,
+    pub link: Link,
+    pub cleanup: PFLT_CONTEXT_CLEANUP_CALLBACK,
+    pub free: PFLT_CONTEXT_FREE_CALLBACK,
+}
+
+/// A simulated `FILE_OBJECT`'s state, keyed by its address.
+pub(crate) struct FileObjectState {
+    pub volume: isize,
+    /// The stream (file key) once the create succeeded; `None` for volume opens and before.
+    pub stream: Option<u128>,
+    /// Path relative to the volume root, as opened.
+    pub path: String,
+    /// Whether the create succeeded and no close was sent yet.
+    pub open: bool,
+    /// Whether this is a volume open (`FO_VOLUME_OPEN`).
+    pub volume_open: bool,
+}
+
+/// Why a callback data exists, for routines that take one.
+#[derive(Clone, Copy)]
+pub(crate) struct CallbackDataState {
+    pub file_object: usize,
+    pub major: u8,
+    pub irp_flags: u32,
+    pub fast_io: bool,
+    /// Whether the post-op phase has begun.
+    pub post: bool,
+    /// The status the file system returned (post phase).
+    pub status: i32,
+}
+
+/// A `FLT_FILE_NAME_INFORMATION` handed out by `FltGetFileNameInformation`.
+pub(crate) struct NameInfo {
+    pub references: usize,
+    /// Owns the structure and its buffer; freed when the last reference goes.
+    pub storage: crate::file::NameStorage,
+}
+
+/// A communication server port.
+pub(crate) struct ServerPort {
+    /// Owns the handle's address (the map is keyed by it).
+    pub _anchor: Anchor,
+    pub name: String,
+    pub cookie: usize,
+    pub connect: PFLT_CONNECT_NOTIFY,
+    pub disconnect: PFLT_DISCONNECT_NOTIFY,
+    pub message: PFLT_MESSAGE_NOTIFY,
+    pub max_connections: i32,
+    pub open: bool,
+    pub connections: usize,
+}
+
+/// A connection (client port) to a server port.
+pub(crate) struct ClientPort {
+    /// Owns the handle's address (the map is keyed by it).
+    pub _anchor: Anchor,
+    pub server: isize,
+    pub cookie: usize,
+    /// Closed by the driver with `FltCloseClientPort`.
+    pub closed_by_driver: bool,
+    /// The user-mode side disconnected.
+    pub disconnected: bool,
+}
+
+/// How the simulator runs post-operation callbacks that Windows may run at `DISPATCH_LEVEL`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum PostIrql {
+    /// At `DISPATCH_LEVEL`, the worst case Windows allows (the default).
+    #[default]
+    Dispatch,
+    /// At `PASSIVE_LEVEL`, as when the I/O completes at passive level.
+    Passive,
+}
+
+/// Everything the simulated Filter Manager knows.
+#[derive(Default)]
+pub(crate) struct World {
+    pub driver_loaded: bool,
+    /// Whether the `FilterUnload` now running is mandatory.
+    pub unloading_mandatory: bool,
+    pub filter: Option<Filter>,
+    pub volumes: Vec<Volume>,
+    pub instances: HashMap<isize, Instance>,
+    pub contexts: HashMap<usize, Context>,
+    pub file_objects: HashMap<usize, FileObjectState>,
+    pub callback_data: HashMap<usize, CallbackDataState>,
+    /// Pre-operations that returned `FLT_PREOP_PENDING`, with their completion once given.
+    pub pended: HashMap<usize, Option<(i32, usize)>>,
+    /// Safe post-op work queued by `FltDoCompletionProcessingWhenSafe`, by callback data.
+    pub deferred: HashMap<usize, std::thread::JoinHandle<i32>>,
+    pub names: HashMap<usize, NameInfo>,
+    pub server_ports: HashMap<isize, ServerPort>,
+    pub client_ports: HashMap<isize, ClientPort>,
+    pub security_descriptors: HashMap<usize, Box<[u8]>>,
+    pub post_irql: PostIrql,
+    /// Whether I/O reaching the file system waits for [`crate::Sim::release_io`].
+    pub hold_io: bool,
+    /// How many operations are waiting in the file system.
+    pub held: usize,
+    /// Findings for the report that are not panics.
+    pub findings: Vec<String>,
+}
+
+impl World {
+    /// The filter with handle `handle`, if it is the registered one.
+    pub(crate) fn filter_by_handle(&mut self, handle: isize) -> Option<&mut Filter> {
+        self.filter.as_mut().filter(|f| f.anchor.handle() == handle)
+    }
+
+    /// The volume with handle `handle`.
+    pub(crate) fn volume(&mut self, handle: isize) -> Option<&mut Volume> {
+        self.volumes
+            .iter_mut()
+            .find(|v| v.anchor.handle() == handle)
+    }
+
+    /// The instance attached to volume `volume`, if it is attached or tearing down.
+    pub(crate) fn instance_on(&self, volume: isize) -> Option<isize> {
+        self.instances
+            .iter()
+            .find(|(_, i)| i.volume == volume && i.state != InstanceState::Gone)
+            .map(|(&h, _)| h)
+    }
+}

@@ -1,0 +1,158 @@
+//! Driver settings, read once at load from the service key's `Parameters` subkey.
+//!
+//! | value (REG_DWORD) | meaning | default |
+//! |---|---|---|
+//! | `MaxEntriesPerInstance` | bound on files tallied per volume instance; the least recently seen is evicted beyond it | [`DEFAULT_MAX_ENTRIES`] (4096) |
+//!
+//! A missing key or value, a value of another type, or 0 leaves the default; values above
+//! [`LIMIT_MAX_ENTRIES`] are clamped to it. Changes take effect at the next load.
+
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+use windows_sys::Wdk::System::Registry::KeyValuePartialInformation;
+use windows_sys::Wdk::System::SystemServices::KEY_VALUE_PARTIAL_INFORMATION;
+use windows_sys::Win32::Foundation::{
+    HANDLE, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, UNICODE_STRING,
+};
+use windows_sys::Win32::System::Registry::{KEY_READ, REG_DWORD};
+
+use crate::ffi::{ZwClose, ZwOpenKey, ZwQueryValueKey};
+use crate::table::DEFAULT_MAX_ENTRIES;
+
+/// The largest accepted `MaxEntriesPerInstance`: 1,048,576 files (a few hundred MiB of paged pool
+/// per volume in the worst case).
+pub const LIMIT_MAX_ENTRIES: usize = 1 << 20;
+
+/// Bound on entries per instance table, read by InstanceSetup.
+static MAX_ENTRIES_PER_INSTANCE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_ENTRIES);
+
+/// The bound on entries of each new instance's table.
+pub(crate) fn max_entries_per_instance() -> usize {
+    MAX_ENTRIES_PER_INSTANCE.load(Ordering::Relaxed)
+}
+
+/// The `Parameters` subkey's name, appended to the service key path.
+const PARAMETERS: &[u16] = &utf16::<11>("\\Parameters");
+/// The value holding the bound on entries.
+const MAX_ENTRIES_VALUE: &[u16] = &utf16::<21>("MaxEntriesPerInstance");
+
+/// An ASCII string as UTF-16 code units, at compile time.
+const fn utf16<const N: usize>(ascii: &str) -> [u16; N] {
+    let bytes = ascii.as_bytes();
+    assert!(bytes.len() == N);
+    let mut units = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        units[i] = bytes[i] as u16;
+        i += 1;
+    }
+    units
+}
+
+/// Reads the settings under `registry_path\Parameters` (`PASSIVE_LEVEL`, from `DriverEntry`).
+///
+/// Never fails: whatever cannot be read keeps its default.
+pub(crate) fn load(registry_path: *const UNICODE_STRING) {
+    let value = read_dword(registry_path, MAX_ENTRIES_VALUE).unwrap_or(0);
+    let bound = match usize::try_from(value) {
+        Ok(0) | Err(_) => DEFAULT_MAX_ENTRIES,
+        Ok(n) => n.min(LIMIT_MAX_ENTRIES),
+    };
+    MAX_ENTRIES_PER_INSTANCE.store(bound, Ordering::Relaxed);
+}
+
+/// Path buffer: the service key path plus `\Parameters`, on the stack (registry paths of services
+/// are short; longer ones are not read).
+const PATH_UNITS: usize = 256;
+
+/// Reads a `REG_DWORD` value of the `Parameters` subkey.
+fn read_dword(registry_path: *const UNICODE_STRING, value_name: &[u16]) -> Option<u32> {
+    // SAFETY: DriverEntry's RegistryPath is null or a valid UNICODE_STRING for the call's duration.
+    let service = unsafe { registry_path.as_ref() }?;
+    if service.Buffer.is_null() {
+        return None;
+    }
+    // SAFETY: a valid UNICODE_STRING describes `Length` bytes of UTF-16 at `Buffer`.
+    let service = unsafe {
+        core::slice::from_raw_parts(service.Buffer, usize::from(service.Length / 2))
+    };
+    let mut path = [0u16; PATH_UNITS];
+    let total = service.len() + PARAMETERS.len();
+    if total > PATH_UNITS {
+        return None;
+    }
+    path[..service.len()].copy_from_slice(service);
+    path[service.len()..total].copy_from_slice(PARAMETERS);
+    let key = Key::open(&mut path[..total])?;
+    key.query_dword(value_name)
+}
+
+/// A UNICODE_STRING over `units` (which must outlive its use).
+fn unicode(units: &mut [u16]) -> Option<UNICODE_STRING> {
+    let bytes = u16::try_from(units.len() * 2).ok()?;
+    Some(UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: units.as_mut_ptr() })
+}
+
+/// An open registry key, closed on drop.
+struct Key(HANDLE);
+
+impl Key {
+    fn open(path: &mut [u16]) -> Option<Self> {
+        let name = unicode(path)?;
+        let attributes = OBJECT_ATTRIBUTES {
+            Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).ok()?,
+            RootDirectory: ptr::null_mut(),
+            ObjectName: &raw const name,
+            Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+            SecurityDescriptor: ptr::null(),
+            SecurityQualityOfService: ptr::null(),
+        };
+        let mut handle: HANDLE = ptr::null_mut();
+        // SAFETY: `attributes` and the name it points to outlive the call; `handle` is a valid out
+        // pointer. A kernel handle (OBJ_KERNEL_HANDLE), at PASSIVE_LEVEL.
+        let status = unsafe { ZwOpenKey(&raw mut handle, KEY_READ, &raw const attributes) };
+        // Not `then_some`: a Key built eagerly for a failed open would close handle 0 on drop.
+        if status < 0 {
+            return None;
+        }
+        Some(Self(handle))
+    }
+
+    fn query_dword(&self, value_name: &[u16]) -> Option<u32> {
+        let mut name_units = [0u16; 64];
+        let name_units = name_units.get_mut(..value_name.len())?;
+        name_units.copy_from_slice(value_name);
+        let name = unicode(name_units)?;
+        // Header (12 bytes) + 4 bytes of data, 4-byte aligned.
+        let mut buffer = [0u32; 4];
+        let mut returned = 0u32;
+        // SAFETY: `buffer` is writable for its 16 bytes; the name outlives the call.
+        let status = unsafe {
+            ZwQueryValueKey(
+                self.0,
+                &raw const name,
+                KeyValuePartialInformation,
+                buffer.as_mut_ptr().cast(),
+                u32::try_from(size_of_val(&buffer)).ok()?,
+                &raw mut returned,
+            )
+        };
+        if status < 0 {
+            return None;
+        }
+        let info = buffer.as_ptr().cast::<KEY_VALUE_PARTIAL_INFORMATION>();
+        // SAFETY: on success the buffer holds a KEY_VALUE_PARTIAL_INFORMATION; `buffer` is 4-byte
+        // aligned, as the structure's u32 fields need.
+        let (kind, length) = unsafe { ((*info).Type, (*info).DataLength) };
+        (kind == REG_DWORD && length == 4).then_some(buffer[3])
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is a handle this Key opened and closes once.
+        unsafe { ZwClose(self.0) };
+    }
+}

@@ -1,0 +1,48 @@
+//! Reading an instance's tallies: what a reporting path (the communication port, the host tests and
+//! the demo) uses.
+//!
+//! Takes the instance's table lock **shared** for the duration of the visitor, so the visitor must
+//! be short and must not call anything that can re-enter the file system. `IRQL <= APC_LEVEL`.
+
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_INSTANCE;
+
+use crate::pool::PagedPool;
+use crate::table::Table;
+
+/// One instance's state, as seen by a visitor.
+pub struct InstanceView<'a> {
+    volume_name: &'a [u16],
+    table: &'a Table<PagedPool>,
+}
+
+impl InstanceView<'_> {
+    /// The volume's name (e.g. `\Device\HarddiskVolume3`), UTF-16.
+    #[must_use]
+    pub fn volume_name(&self) -> &[u16] {
+        self.volume_name
+    }
+
+    /// The instance's tally table.
+    #[must_use]
+    pub fn table(&self) -> &Table<PagedPool> {
+        self.table
+    }
+}
+
+/// Calls `visit` with the state of `instance` under its shared lock; `None` if the instance has no
+/// iotally context (not attached, or being torn down).
+///
+/// ```no_run
+/// # use fltsim as _;
+/// # let instance = 0;
+/// let files = iotally::inspect::with_instance(instance, |view| view.table().len());
+/// ```
+pub fn with_instance<R>(
+    instance: PFLT_INSTANCE,
+    visit: impl FnOnce(&InstanceView<'_>) -> R,
+) -> Option<R> {
+    let context = crate::filter::instance_context(instance)?;
+    let table = context.tallies().read();
+    let view = InstanceView { volume_name: context.volume_name(), table: &table };
+    Some(visit(&view))
+}

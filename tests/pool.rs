@@ -1,0 +1,165 @@
+//! `iotally::pool` allocators through the simulated pool: accounting by tag, zero-size and
+//! over-aligned layouts, IRQL rules, and fallibility under fault injection (no panic, no leak).
+
+use core::alloc::Layout;
+
+use allocator_api2::alloc::{AllocError, Allocator};
+use allocator_api2::boxed::Box;
+use allocator_api2::vec::Vec;
+use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
+use hashbrown::HashMap;
+use iotally::pool::{MAX_ALIGN, NonPagedPool, PagedPool, Tag, tags};
+use iotally::sync::PushLock;
+
+const TEST_TAG: Tag = Tag::new(*b"ItT2");
+
+/// `(bytes, count)` outstanding under `tag`.
+fn outstanding(tag: Tag) -> (usize, usize) {
+    fltsim::pool::outstanding()
+        .into_iter()
+        .find(|&(t, _, _)| t == tag.raw())
+        .map_or((0, 0), |(_, bytes, count)| (bytes, count))
+}
+
+#[test]
+fn paged_allocations_are_accounted_under_their_tag_and_freed() {
+    let _sim = fltsim::Sim::new();
+    let mut bytes: Vec<u8, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    bytes.try_reserve_exact(100).expect("pool");
+    bytes.extend_from_slice(b"tally");
+    assert_eq!(outstanding(TEST_TAG), (100, 1));
+    // Growing goes through allocate + copy + free: still one block.
+    bytes.try_reserve_exact(1_000).expect("pool");
+    assert_eq!(outstanding(TEST_TAG).1, 1);
+    assert_eq!(&bytes[..], b"tally");
+    drop(bytes);
+    assert!(fltsim::pool::outstanding().is_empty(), "nothing leaked");
+}
+
+#[test]
+fn non_paged_boxes_are_accounted_and_freed() {
+    let _sim = fltsim::Sim::new();
+    let boxed = Box::try_new_in([7_u64; 4], NonPagedPool::new(TEST_TAG)).expect("pool");
+    assert_eq!(outstanding(TEST_TAG), (32, 1));
+    assert_eq!(*boxed, [7; 4]);
+    drop(boxed);
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn tables_can_live_in_paged_pool() {
+    let _sim = fltsim::Sim::new();
+    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
+        HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), PagedPool::new(tags::TABLE));
+    for key in 0..1_000 {
+        table.try_reserve(1).expect("pool");
+        table.insert(key, key * 2);
+    }
+    assert_eq!(table.get(&999), Some(&1_998));
+    assert_eq!(outstanding(tags::TABLE).1, 1, "one bucket array");
+    drop(table);
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn blocks_are_aligned_and_zeroed() {
+    let _sim = fltsim::Sim::new();
+    let pool = PagedPool::new(TEST_TAG);
+    for size in [1, 8, 24, 100, 4_096, 10_000] {
+        let layout = Layout::from_size_align(size, MAX_ALIGN).expect("layout");
+        let block = pool.allocate_zeroed(layout).expect("pool");
+        assert_eq!(block.len(), size);
+        assert_eq!(block.cast::<u8>().as_ptr().addr() % MAX_ALIGN, 0);
+        // SAFETY: `block` is `size` bytes just allocated.
+        assert!(unsafe { block.as_ref() }.iter().all(|&b| b == 0));
+        // SAFETY: allocated above with this allocator and layout.
+        unsafe { pool.deallocate(block.cast(), layout) };
+    }
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn zero_size_allocations_do_not_touch_the_pool() {
+    let _sim = fltsim::Sim::new();
+    for pool in [PagedPool::new(TEST_TAG)] {
+        for align in [1, 2, 8, 16] {
+            let layout = Layout::from_size_align(0, align).expect("layout");
+            let block = pool.allocate(layout).expect("zero-size allocations always succeed");
+            assert_eq!(block.len(), 0);
+            assert_eq!(block.cast::<u8>().as_ptr().addr() % align, 0);
+            assert!(fltsim::pool::outstanding().is_empty());
+            // SAFETY: allocated above with this allocator and layout.
+            unsafe { pool.deallocate(block.cast(), layout) };
+        }
+    }
+    let empty = Box::try_new_in((), NonPagedPool::new(TEST_TAG)).expect("no allocation");
+    drop(empty);
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn alignment_above_the_pool_guarantee_is_refused() {
+    let _sim = fltsim::Sim::new();
+    let layout = Layout::from_size_align(64, 2 * MAX_ALIGN).expect("layout");
+    assert_eq!(PagedPool::new(TEST_TAG).allocate(layout), Err(AllocError));
+    assert_eq!(NonPagedPool::new(TEST_TAG).allocate(layout), Err(AllocError));
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn sizes_the_pool_cannot_serve_are_errors() {
+    let _sim = fltsim::Sim::new();
+    let mut huge: Vec<u8, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    assert!(huge.try_reserve(usize::MAX).is_err(), "capacity overflow");
+    assert!(huge.try_reserve(isize::MAX as usize).is_err(), "more than the pool can give");
+    let mut wide: Vec<u64, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    assert!(wide.try_reserve(usize::MAX / 4).is_err(), "size overflow in the layout");
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn non_paged_pool_works_at_dispatch_level() {
+    let _sim = fltsim::Sim::new();
+    let _dispatch = raise(DISPATCH_LEVEL);
+    let boxed = Box::try_new_in(1_u32, NonPagedPool::new(TEST_TAG)).expect("pool");
+    drop(boxed);
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+fn paged_pool_works_at_apc_level() {
+    let _sim = fltsim::Sim::new();
+    let _apc = raise(APC_LEVEL);
+    let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
+    drop(boxed);
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    should_panic(
+        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)"
+    )
+)]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: ExAllocatePool2"))]
+fn paged_allocation_at_dispatch_level_is_caught() {
+    let _sim = fltsim::Sim::new();
+    let _dispatch = raise(DISPATCH_LEVEL);
+    let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    should_panic(
+        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)"
+    )
+)]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: ExFreePoolWithTag"))]
+fn paged_free_at_dispatch_level_is_caught() {
+    let _sim = fltsim::Sim::new();
+    let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
+    let _dispatch = raise(DISPATCH_LEVEL);
+    drop(boxed);
+}

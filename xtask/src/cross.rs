@@ -1,0 +1,214 @@
+//! The cross build of the driver with Debian's toolchain (recipe: `shared/docs/cross-build.md`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::toolchain::{CARGO, LLD_LINK, RUSTC};
+
+/// The Rust target of the kernel image.
+pub const TARGET: &str = "x86_64-pc-windows-msvc";
+/// The driver package.
+pub const PACKAGE: &str = "iotally";
+
+/// A program, its arguments and how its environment differs from ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Program to run.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Variables to set.
+    pub set: Vec<(String, OsString)>,
+    /// Variables to remove.
+    pub remove: Vec<String>,
+}
+
+/// Whether a variable from our environment must not reach Debian's cargo: rustup's, and cargo's own
+/// that would redirect or alter the build (target dir, flags, wrappers, the running cargo's paths).
+/// Network, registry, terminal settings and `CARGO_HOME` are kept.
+#[must_use]
+pub fn must_remove(name: &str) -> bool {
+    const KEEP: [&str; 6] = [
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+        "CARGO_TERM_",
+    ];
+    const REMOVE: [&str; 7] = [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ];
+    if REMOVE.contains(&name) || name.starts_with("RUSTUP_") {
+        return true;
+    }
+    name.starts_with("CARGO_") && !KEEP.iter().any(|keep| name.starts_with(keep))
+}
+
+/// Debian's cargo building the driver's cdylib for [`TARGET`] in release mode with `-Zbuild-std`,
+/// without the `wdk` feature, linked by `lld-link-22`, into `target_dir`.
+///
+/// `env` is the current environment (names only matter) and `path` the current `PATH`.
+#[must_use]
+pub fn build_invocation(
+    workspace: &Path,
+    target_dir: &Path,
+    env: impl IntoIterator<Item = String>,
+    path: Option<OsString>,
+) -> Invocation {
+    let mut new_path = OsString::from("/usr/bin");
+    if let Some(path) = path.filter(|p| !p.is_empty()) {
+        new_path.push(":");
+        new_path.push(path);
+    }
+    let args: Vec<OsString> = [
+        "build".into(),
+        "--manifest-path".into(),
+        workspace.join("Cargo.toml").into_os_string(),
+        "--package".into(),
+        PACKAGE.into(),
+        "--lib".into(),
+        "--release".into(),
+        "--locked".into(),
+        "--no-default-features".into(),
+        "--target".into(),
+        TARGET.into(),
+        "-Zbuild-std=core,alloc".into(),
+        "-Zbuild-std-features=compiler-builtins-mem".into(),
+        "--config".into(),
+        format!("target.{TARGET}.linker=\"{LLD_LINK}\"").into(),
+        "--target-dir".into(),
+        target_dir.as_os_str().to_owned(),
+    ]
+    .into();
+    Invocation {
+        program: PathBuf::from(CARGO),
+        args,
+        set: vec![
+            ("PATH".into(), new_path),
+            ("RUSTC".into(), RUSTC.into()),
+            // Lets Debian's stable cargo accept -Z flags (build-std).
+            ("RUSTC_BOOTSTRAP".into(), "1".into()),
+        ],
+        remove: env.into_iter().filter(|name| must_remove(name)).collect(),
+    }
+}
+
+/// Where cargo leaves the linked driver (cargo names a cdylib `.dll`).
+#[must_use]
+pub fn built_dll(target_dir: &Path) -> PathBuf {
+    target_dir
+        .join(TARGET)
+        .join("release")
+        .join(format!("{PACKAGE}.dll"))
+}
+
+/// The `version` of the `[package]` table of a `Cargo.toml`.
+#[must_use]
+pub fn package_version(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package {
+            if let Some((key, value)) = line.split_once('=') {
+                if key.trim() == "version" {
+                    return Some(value.trim().trim_matches('"').to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use super::{build_invocation, built_dll, must_remove, package_version};
+
+    #[test]
+    fn rustup_and_redirecting_cargo_variables_are_removed() {
+        for name in [
+            "RUSTUP_TOOLCHAIN",
+            "RUSTUP_HOME",
+            "CARGO",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTFLAGS",
+            "RUSTC_WRAPPER",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+        ] {
+            assert!(must_remove(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_NET_OFFLINE",
+            "CARGO_TERM_COLOR",
+            "PATH",
+            "HOME",
+            "CI",
+        ] {
+            assert!(!must_remove(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_invocation_is_the_documented_recipe() {
+        let env = [
+            "RUSTUP_TOOLCHAIN".to_owned(),
+            "HOME".to_owned(),
+            "CARGO_TARGET_DIR".to_owned(),
+        ];
+        let inv = build_invocation(
+            Path::new("/w"),
+            Path::new("/w/target/cross"),
+            env,
+            Some(OsString::from("/root/.cargo/bin:/usr/bin")),
+        );
+        assert_eq!(inv.program, Path::new("/usr/bin/cargo"));
+        let args: Vec<String> = inv
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = args.join(" ");
+        for needle in [
+            "build --manifest-path /w/Cargo.toml --package iotally --lib --release",
+            "--no-default-features --target x86_64-pc-windows-msvc",
+            "-Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem",
+            "--config target.x86_64-pc-windows-msvc.linker=\"/usr/bin/lld-link-22\"",
+            "--target-dir /w/target/cross",
+        ] {
+            assert!(line.contains(needle), "{needle} not in {line}");
+        }
+        assert!(
+            inv.set
+                .contains(&("PATH".into(), "/usr/bin:/root/.cargo/bin:/usr/bin".into()))
+        );
+        assert!(inv.set.contains(&("RUSTC".into(), "/usr/bin/rustc".into())));
+        assert!(inv.set.contains(&("RUSTC_BOOTSTRAP".into(), "1".into())));
+        assert_eq!(inv.remove, ["RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR"]);
+        assert_eq!(
+            built_dll(Path::new("/t")),
+            Path::new("/t/x86_64-pc-windows-msvc/release/iotally.dll")
+        );
+    }
+
+    #[test]
+    fn the_package_version_is_read_from_the_package_table() {
+        let manifest = "[workspace.package]\nversion = \"9.9.9\"\n\n[package]\nname = \"iotally\"\nversion = \"0.1.0\"\n";
+        assert_eq!(package_version(manifest).as_deref(), Some("0.1.0"));
+        assert_eq!(package_version("[workspace]\nmembers = []\n"), None);
+    }
+}

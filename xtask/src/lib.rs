@@ -1,0 +1,13 @@
+//! The library half of `cargo xtask`: everything the commands decide, kept apart from the process
+//! and file handling in `main.rs` so that it can be unit-tested.
+//!
+//! - [`cross`]: the Debian-cargo command line that cross-builds the driver for
+//!   `x86_64-pc-windows-msvc`.
+//! - [`toolchain`]: which Debian packages that needs and how to install them.
+//! - [`stamp`]: `stampinf`'s `DriverVer` stamping of the `.inx`.
+//! - [`pe_check`]: verification of the resulting kernel image.
+
+pub mod cross;
+pub mod pe_check;
+pub mod stamp;
+pub mod toolchain;

@@ -25,10 +25,7 @@ fn main() {
     // Only this file decides anything; features and target are tracked by cargo itself.
     println!("cargo:rerun-if-changed=build.rs");
 
-    #[cfg(all(windows, feature = "wdk"))]
-    if let Err(error) = wdk_build::configure_wdk_binary_build() {
-        panic!("wdk-build could not configure the driver build: {error}");
-    }
+    configure_wdk_build();
 
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let wdk = std::env::var_os("CARGO_FEATURE_WDK").is_some();
@@ -38,3 +35,15 @@ fn main() {
         }
     }
 }
+
+/// The WDK build: wdk-build's binary-driver configuration (link arguments, WDK library paths).
+#[cfg(all(windows, feature = "wdk"))]
+fn configure_wdk_build() {
+    if let Err(error) = wdk_build::configure_wdk_binary_build() {
+        panic!("wdk-build could not configure the driver build: {error}");
+    }
+}
+
+/// Not a Windows host with feature `wdk`: wdk-build is not a dependency.
+#[cfg(not(all(windows, feature = "wdk")))]
+fn configure_wdk_build() {}

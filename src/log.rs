@@ -2,9 +2,9 @@
 //!
 //! Use the macros: [`log_error!`](crate::log_error), [`log_warn!`](crate::log_warn),
 //! [`log_info!`](crate::log_info) and [`log_trace!`](crate::log_trace). They take `format!`-style
-//! arguments and never allocate, never panic and never fail: a line longer than [`LINE_CAPACITY`]
-//! bytes is cut (at a character boundary), and a NUL in the text is printed as `?` so that it cannot
-//! end the C string early.
+//! arguments and never allocate, never panic and never fail: each call prints one line (the newline
+//! is added), a line longer than [`LINE_CAPACITY`] bytes is cut (at a character boundary, keeping the
+//! newline), and a NUL in the text is printed as `?` so that it cannot end the C string early.
 //!
 //! Each line goes out as `vDbgPrintEx(DPFLTR_IHVDRIVER_ID, level, "%s", args)`: the text is never
 //! used as a format string, and `args` is an x64 `va_list`, a pointer to one 8-byte slot holding the
@@ -31,8 +31,8 @@ use crate::ffi::{
     DPFLTR_WARNING_LEVEL, vDbgPrintEx,
 };
 
-/// Bytes of text per line, including the prefix and the terminating NUL (vDbgPrintEx sends at most
-/// 512 bytes per call; 256 keeps the stack frame small).
+/// Bytes per line, including the prefix, the newline and the terminating NUL (`vDbgPrintEx` sends at
+/// most 512 bytes per call; 256 keeps the stack frame small).
 ///
 /// ```
 /// assert_eq!(iotally::log::LINE_CAPACITY, 256);
@@ -78,10 +78,13 @@ impl Level {
     }
 }
 
-/// A NUL-terminated line being formatted: truncates instead of failing.
+/// Text bytes a line holds: room is kept for the newline and the NUL.
+const TEXT_LIMIT: usize = LINE_CAPACITY - 2;
+
+/// A line being formatted: truncates instead of failing; ends with a newline and a NUL.
 struct Line {
     bytes: [u8; LINE_CAPACITY],
-    /// Text bytes written; always `< LINE_CAPACITY`, so there is room for the NUL.
+    /// Text bytes written; always `<= TEXT_LIMIT`, so there is room for the newline and the NUL.
     len: usize,
 }
 
@@ -93,20 +96,21 @@ impl Line {
         }
     }
 
-    /// The text with its NUL: a C string.
+    /// The text, a newline and a NUL: a C string.
     fn terminated(&mut self) -> &[u8] {
-        // `len < LINE_CAPACITY` always holds (see `write_str`), so both index operations are in range;
-        // `get` keeps this free of panicking paths anyway.
-        if let Some(end) = self.bytes.get_mut(self.len) {
-            *end = 0;
+        // `len <= TEXT_LIMIT` always holds (see `write_str`), so every index is in range; `get` keeps
+        // this free of panicking paths anyway.
+        if let Some([newline, nul]) = self.bytes.get_mut(self.len..self.len + 2) {
+            *newline = b'\n';
+            *nul = 0;
         }
-        self.bytes.get(..=self.len).unwrap_or(&[0])
+        self.bytes.get(..self.len + 2).unwrap_or(b"\n\0")
     }
 }
 
 impl Write for Line {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        let room = LINE_CAPACITY - 1 - self.len;
+        let room = TEXT_LIMIT.saturating_sub(self.len);
         let mut take = text.len().min(room);
         // Cut at a character boundary so the line stays valid UTF-8.
         while !text.is_char_boundary(take) {
@@ -220,14 +224,14 @@ macro_rules! log_trace {
 
 #[cfg(test)]
 mod tests {
-    use super::{LINE_CAPACITY, Line};
+    use super::{LINE_CAPACITY, Level, Line, write};
     use core::fmt::Write;
-    use fltsim as _;
 
+    /// The line's text, checking the newline and the NUL that end it.
     fn text(line: &mut Line) -> std::string::String {
         let bytes = line.terminated();
-        assert_eq!(bytes.last(), Some(&0), "always NUL-terminated");
-        std::string::String::from_utf8(bytes[..bytes.len() - 1].to_vec()).expect("valid UTF-8")
+        assert!(bytes.ends_with(b"\n\0"), "always a newline and a NUL");
+        std::string::String::from_utf8(bytes[..bytes.len() - 2].to_vec()).expect("valid UTF-8")
     }
 
     #[test]
@@ -244,19 +248,19 @@ mod tests {
             write!(line, "0123456789").expect("never fails");
         }
         let cut = text(&mut line);
-        assert_eq!(cut.len(), LINE_CAPACITY - 1);
+        assert_eq!(cut.len(), LINE_CAPACITY - 2);
         assert!(cut.bytes().all(|b| b.is_ascii_digit()));
     }
 
     #[test]
     fn cuts_fall_on_character_boundaries() {
         let mut line = Line::new();
-        write!(line, "{}", "x".repeat(LINE_CAPACITY - 3)).expect("never fails");
+        write!(line, "{}", "x".repeat(LINE_CAPACITY - 4)).expect("never fails");
         // Two bytes of room left; 'é' is two bytes, '€' is three: the '€' must not be split.
         write!(line, "é€").expect("never fails");
         let cut = text(&mut line);
         assert!(cut.ends_with('é'));
-        assert_eq!(cut.len(), LINE_CAPACITY - 1);
+        assert_eq!(cut.len(), LINE_CAPACITY - 2);
     }
 
     #[test]
@@ -267,8 +271,36 @@ mod tests {
     }
 
     #[test]
-    fn empty_line_is_just_a_nul() {
+    fn empty_line_is_a_newline_and_a_nul() {
         let mut line = Line::new();
-        assert_eq!(line.terminated(), &[0]);
+        assert_eq!(line.terminated(), b"\n\0");
+    }
+
+    #[test]
+    fn lines_reach_the_debugger_as_ihvdriver_output() {
+        let _sim = fltsim::Sim::new();
+        write(Level::Info, format_args!("{} files, 100%s done", 3));
+        crate::log_error!("failed: {:#x}", 0xC000_0001_u32);
+        let lines = fltsim::kernel::debug_log();
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].component, lines[0].level), (77, 3));
+        assert_eq!(lines[0].text, "iotally: 3 files, 100%s done\n", "the text is not a format string");
+        assert_eq!((lines[1].level, lines[1].text.as_str()), (0, "iotally: failed: 0xc0000001\n"));
+    }
+
+    #[test]
+    fn trace_lines_are_sent_in_debug_builds_only() {
+        let _sim = fltsim::Sim::new();
+        crate::log_trace!("hot path {}", 1);
+        assert_eq!(fltsim::kernel::debug_log().len(), usize::from(cfg!(debug_assertions)));
+    }
+
+    #[test]
+    fn overlong_lines_are_cut_without_panicking() {
+        let _sim = fltsim::Sim::new();
+        crate::log_warn!("{}", "y".repeat(4 * LINE_CAPACITY));
+        let lines = fltsim::kernel::debug_log();
+        assert_eq!(lines[0].text.len(), LINE_CAPACITY - 1, "text and newline, without the NUL");
+        assert!(lines[0].text.ends_with("yy\n"));
     }
 }

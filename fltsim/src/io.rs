@@ -222,33 +222,7 @@ fn run(
         None => FLT_PREOP_SUCCESS_WITH_CALLBACK,
     };
     if verdict == FLT_PREOP_PENDING {
-        // The instance keeps counting this operation as active until it is completed, so a
-        // teardown waits for the filter to complete it (as Filter Manager's does).
-        world::with(|w| w.pended.insert(data as usize, None));
-        let (status, context) = world::wait_for(|w| match w.pended.get(&(data as usize)) {
-            Some(Some(done)) => {
-                let done = *done;
-                w.pended.remove(&(data as usize));
-                Some(done)
-            }
-            _ => None,
-        });
-        verdict = status;
-        completion_context = context as *mut c_void;
-        if ![
-            FLT_PREOP_SUCCESS_WITH_CALLBACK,
-            FLT_PREOP_SUCCESS_NO_CALLBACK,
-            FLT_PREOP_COMPLETE,
-        ]
-        .contains(&verdict)
-        {
-            violation(format!(
-                "fltsim: FltCompletePendedPreOperation with status {verdict}: only \
-                 FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_PREOP_SUCCESS_NO_CALLBACK or FLT_PREOP_COMPLETE \
-                 are allowed"
-            ));
-            verdict = FLT_PREOP_SUCCESS_NO_CALLBACK;
-        }
+        (verdict, completion_context) = wait_for_completion(data);
     }
     let mut synchronized = false;
     let wants_post = match verdict {
@@ -267,21 +241,7 @@ fn run(
         }
         FLT_PREOP_COMPLETE => {
             leave(filtering.instance);
-            // SAFETY: `data` is the live callback data of this operation.
-            let (status, information) = unsafe {
-                (
-                    (*data).IoStatus.Anonymous.Status,
-                    (*data).IoStatus.Information,
-                )
-            };
-            if status == STATUS_PENDING {
-                violation(
-                    "fltsim: FLT_PREOP_COMPLETE with IoStatus.Status STATUS_PENDING: a completed \
-                     operation needs its final status"
-                        .into(),
-                );
-            }
-            return Outcome::Done(status, information);
+            return completed_by_filter(data);
         }
         FLT_PREOP_DISALLOW_FASTIO => {
             leave(filtering.instance);
@@ -305,10 +265,7 @@ fn run(
     let post_irql = if synchronized || op.fast_io || is_create(op.major) {
         pre_irql
     } else {
-        match world::with(|w| w.post_irql) {
-            PostIrql::Dispatch => DISPATCH_LEVEL,
-            PostIrql::Passive => PASSIVE_LEVEL,
-        }
+        completion_irql()
     };
     let post = filtering.post.filter(|_| wants_post);
     world::with(|w| {
@@ -336,7 +293,25 @@ fn run(
     let Some(post) = post else {
         return Outcome::Done(status, information);
     };
-    if !claim_post(filtering.instance, data as usize) {
+    let pending = PendingPost {
+        state: PostState::Completing,
+        post,
+        objects: objects as usize,
+        completion_context: completion_context as usize,
+        irql: post_irql,
+    };
+    complete(filtering.instance, data, &pending, status, information)
+}
+
+/// Completion of an operation below the filter: runs its post-op unless a draining teardown did.
+fn complete(
+    instance: isize,
+    data: *mut FLT_CALLBACK_DATA,
+    pending: &PendingPost,
+    status: NTSTATUS,
+    information: usize,
+) -> Outcome {
+    if !claim_post(instance, data as usize) {
         return Outcome::Done(status, information);
     }
     // SAFETY: the post-op is ours (claimed): nobody else touches the callback data now.
@@ -350,14 +325,21 @@ fn run(
             state.status = status;
         }
     });
-    let result = call_at(post_irql, "PostOperationCallback", || {
+    let result = call_at(pending.irql, "PostOperationCallback", || {
         // SAFETY: the driver's post-op with this operation's live callback data, related objects
         // and the completion context its pre-op returned.
-        unsafe { post(data, objects, completion_context, 0) }
+        unsafe {
+            (pending.post)(
+                data,
+                pending.objects as *const FLT_RELATED_OBJECTS,
+                pending.completion_context as *const c_void,
+                0,
+            )
+        }
     });
     finish_post(data as usize, result);
     world::with(|w| {
-        if let Some(i) = w.instances.get_mut(&filtering.instance) {
+        if let Some(i) = w.instances.get_mut(&instance) {
             i.posts.remove(&(data as usize));
             i.active -= 1;
         }
@@ -369,6 +351,63 @@ fn run(
             (*data).IoStatus.Anonymous.Status,
             (*data).IoStatus.Information,
         )
+    }
+}
+
+/// Waits until the filter completes a pended pre-op; returns its verdict and completion context.
+///
+/// The instance keeps counting the operation as active meanwhile, so a teardown waits for the
+/// filter to complete it (as Filter Manager's does).
+fn wait_for_completion(data: *mut FLT_CALLBACK_DATA) -> (FLT_PREOP_CALLBACK_STATUS, *mut c_void) {
+    world::with(|w| w.pended.insert(data as usize, None));
+    let (status, context) = world::wait_for(|w| match w.pended.get(&(data as usize)) {
+        Some(Some(done)) => {
+            let done = *done;
+            w.pended.remove(&(data as usize));
+            Some(done)
+        }
+        _ => None,
+    });
+    let allowed = [
+        FLT_PREOP_SUCCESS_WITH_CALLBACK,
+        FLT_PREOP_SUCCESS_NO_CALLBACK,
+        FLT_PREOP_COMPLETE,
+    ];
+    if !allowed.contains(&status) {
+        violation(format!(
+            "fltsim: FltCompletePendedPreOperation with status {status}: only \
+             FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_PREOP_SUCCESS_NO_CALLBACK or FLT_PREOP_COMPLETE \
+             are allowed"
+        ));
+        return (FLT_PREOP_SUCCESS_NO_CALLBACK, context as *mut c_void);
+    }
+    (status, context as *mut c_void)
+}
+
+/// The outcome of an operation the pre-op completed (`FLT_PREOP_COMPLETE`).
+fn completed_by_filter(data: *mut FLT_CALLBACK_DATA) -> Outcome {
+    // SAFETY: `data` is the live callback data of this operation.
+    let (status, information) = unsafe {
+        (
+            (*data).IoStatus.Anonymous.Status,
+            (*data).IoStatus.Information,
+        )
+    };
+    if status == STATUS_PENDING {
+        violation(
+            "fltsim: FLT_PREOP_COMPLETE with IoStatus.Status STATUS_PENDING: a completed operation \
+             needs its final status"
+                .into(),
+        );
+    }
+    Outcome::Done(status, information)
+}
+
+/// The IRQL of post-ops that Windows may run at `DISPATCH_LEVEL`, per [`crate::Sim::set_post_irql`].
+fn completion_irql() -> u8 {
+    match world::with(|w| w.post_irql) {
+        PostIrql::Dispatch => DISPATCH_LEVEL,
+        PostIrql::Passive => PASSIVE_LEVEL,
     }
 }
 

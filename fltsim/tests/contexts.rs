@@ -7,8 +7,8 @@ use std::ptr;
 use std::sync::{Arc, Mutex};
 
 use common::{
-    CONTEXT_SIZE, Config, Event, INSTANCE_TAG, STREAM_TAG, Table, allocate, configure, count,
-    driver_entry, events,
+    CONTEXT_SIZE, CREATE, Config, Event, INSTANCE, INSTANCE_TAG, READ, STREAM, STREAM_TAG, Table,
+    VOLUME, allocate, configure, count, driver_entry, events,
 };
 use fltsim::pool::{FaultPlan, set_fault_injection};
 use fltsim::{FLT_VARIABLE_SIZED_CONTEXTS, FileSystem, OpenOptions, Sim, Volume, VolumeSpec};
@@ -16,19 +16,15 @@ use windows_sys::Wdk::Foundation::{NonPagedPool, PagedPool};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_FILE_CONTEXT, FLT_INSTANCE_CONTEXT, FLT_POSTOP_FINISHED_PROCESSING,
     FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_SET_CONTEXT_KEEP_IF_EXISTS,
-    FLT_SET_CONTEXT_REPLACE_IF_EXISTS, FLT_STREAM_CONTEXT, FLT_VOLUME_CONTEXT, FltAllocateContext,
-    FltDeleteContext, FltGetInstanceContext, FltGetStreamContext, FltReferenceContext,
-    FltReleaseContext, FltSetInstanceContext, FltSetStreamContext, PFLT_CONTEXT, PFLT_INSTANCE,
+    FLT_SET_CONTEXT_REPLACE_IF_EXISTS, FLT_STREAM_CONTEXT, FltAllocateContext, FltDeleteContext,
+    FltGetInstanceContext, FltGetStreamContext, FltReferenceContext, FltReleaseContext,
+    FltSetInstanceContext, FltSetStreamContext, PFLT_CONTEXT, PFLT_INSTANCE,
 };
-use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CREATE, IRP_MJ_READ};
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND, STATUS_FLT_CONTEXT_ALREADY_DEFINED,
     STATUS_FLT_CONTEXT_ALREADY_LINKED, STATUS_FLT_DELETING_OBJECT, STATUS_FLT_DO_NOT_ATTACH,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_FOUND, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
 };
-
-const INSTANCE: u16 = FLT_INSTANCE_CONTEXT as u16;
-const STREAM: u16 = FLT_STREAM_CONTEXT as u16;
 
 fn ntfs(sim: &Sim) -> Volume {
     sim.add_volume(VolumeSpec::new(
@@ -60,7 +56,7 @@ fn release(context: PFLT_CONTEXT) {
     unsafe { FltReleaseContext(context) };
 }
 
-/// A filter that sets a paged instance context in InstanceSetup, like a typical minifilter.
+/// A filter that sets a paged instance context in `InstanceSetup`, like a typical minifilter.
 fn with_instance_context() -> Config {
     Config {
         setup: Some(Arc::new(|objects, _| {
@@ -235,7 +231,7 @@ fn with_stream_contexts(results: Arc<Mutex<Vec<NTSTATUS>>>) -> Config {
     Config {
         pre: Some(Arc::new(move |data, objects, _| {
             // SAFETY: callback data from Filter Manager.
-            if unsafe { (*(*data).Iopb).MajorFunction } == IRP_MJ_CREATE as u8 {
+            if unsafe { (*(*data).Iopb).MajorFunction } == CREATE {
                 let mut context: PFLT_CONTEXT = ptr::null_mut();
                 // SAFETY: valid arguments; in pre-create the stream does not exist yet.
                 let status = unsafe {
@@ -253,7 +249,7 @@ fn with_stream_contexts(results: Arc<Mutex<Vec<NTSTATUS>>>) -> Config {
                     (*data).IoStatus.Anonymous.Status,
                 )
             };
-            if major != IRP_MJ_CREATE as u8 || status < 0 {
+            if major != CREATE || status < 0 {
                 return FLT_POSTOP_FINISHED_PROCESSING;
             }
             let context = allocate(FLT_STREAM_CONTEXT).unwrap();
@@ -471,7 +467,7 @@ fn paged_volume_contexts_are_a_violation() {
     unsafe {
         FltAllocateContext(
             common::filter(),
-            FLT_VOLUME_CONTEXT as u16,
+            VOLUME,
             CONTEXT_SIZE,
             PagedPool,
             &raw mut context,
@@ -496,7 +492,7 @@ fn allocation_follows_the_registration() {
         let status = unsafe {
             FltAllocateContext(
                 common::filter(),
-                context_type as u16,
+                u16::try_from(context_type).unwrap(),
                 size,
                 PagedPool,
                 &raw mut context,
@@ -571,7 +567,7 @@ fn contexts_survive_concurrent_readers() {
         setup: with_instance_context().setup,
         pre: Some(Arc::new(|data, objects, _| {
             // SAFETY: callback data from Filter Manager.
-            if unsafe { (*(*data).Iopb).MajorFunction } == IRP_MJ_READ as u8 {
+            if unsafe { (*(*data).Iopb).MajorFunction } == READ {
                 let (status, context) = get_instance(objects.Instance);
                 if status == STATUS_SUCCESS {
                     release(context);

@@ -6,7 +6,7 @@ use std::mem::size_of;
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-use common::{Config, configure, driver_entry};
+use common::{CREATE, Config, READ, configure, driver_entry};
 use fltsim::{FileSystem, OpenOptions, Sim, VolumeSpec};
 use windows_sys::Wdk::Foundation::FILE_OBJECT;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
@@ -21,9 +21,7 @@ use windows_sys::Wdk::Storage::FileSystem::{
     FILE_STANDARD_INFORMATION, FileBasicInformation, FileIdInformation, FileInternalInformation,
     FileStandardInformation,
 };
-use windows_sys::Wdk::System::SystemServices::{
-    IRP_MJ_CREATE, IRP_MJ_READ, KeEnterCriticalRegion, KeLeaveCriticalRegion,
-};
+use windows_sys::Wdk::System::SystemServices::{KeEnterCriticalRegion, KeLeaveCriticalRegion};
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_FLT_INVALID_NAME_REQUEST,
     STATUS_INFO_LENGTH_MISMATCH, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
@@ -270,7 +268,7 @@ fn querying_with_a_push_lock_held_is_reported() {
                         (*data).IoStatus.Anonymous.Status,
                     )
                 };
-                if major == IRP_MJ_CREATE as u8 && status >= 0 {
+                if major == CREATE && status >= 0 {
                     // SAFETY: balanced enter/leave around the query (as a push lock would be).
                     unsafe { KeEnterCriticalRegion() };
                     query::<FILE_INTERNAL_INFORMATION>(
@@ -308,7 +306,7 @@ fn name_filter(names: Names, format: u32, release: bool) -> Config {
     Config {
         post: Some(Arc::new(move |data, _, _, _| {
             // SAFETY: callback data from Filter Manager.
-            if unsafe { (*(*data).Iopb).MajorFunction } != IRP_MJ_CREATE as u8 {
+            if unsafe { (*(*data).Iopb).MajorFunction } != CREATE {
                 return FLT_POSTOP_FINISHED_PROCESSING;
             }
             let mut info: *mut FLT_FILE_NAME_INFORMATION = ptr::null_mut();
@@ -441,7 +439,7 @@ fn names_are_refused_for_paging_io_and_bad_options() {
         Config {
             pre: Some(Arc::new(move |data, _, _| {
                 // SAFETY: callback data from Filter Manager.
-                if unsafe { (*(*data).Iopb).MajorFunction } == IRP_MJ_READ as u8 {
+                if unsafe { (*(*data).Iopb).MajorFunction } == READ {
                     for options in [
                         FLT_FILE_NAME_NORMALIZED | FLT_FILE_NAME_QUERY_DEFAULT,
                         FLT_FILE_NAME_NORMALIZED,

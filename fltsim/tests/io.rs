@@ -1,4 +1,4 @@
-//! The pre → file system → post pipeline: callback data, IRQLs, every FLT_PREOP_*/FLT_POSTOP_*
+//! The pre → file system → post pipeline: callback data, IRQLs, every `FLT_PREOP_*`/`FLT_POSTOP_*`
 //! status, registration skip flags, draining, concurrency.
 
 mod common;
@@ -7,7 +7,10 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Config, Event, Table, configure, count, driver_entry, events};
+use common::{
+    CLEANUP, CLOSE, CREATE, Config, Event, READ, Table, WRITE, configure, count, driver_entry,
+    events,
+};
 use fltsim::{FileSystem, OpenOptions, PostIrql, Sim, Volume, VolumeSpec};
 use windows_sys::Wdk::Storage::FileSystem::FILE_DIRECTORY_FILE;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
@@ -19,18 +22,11 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLTFL_POST_OPERATION_DRAINING, FltCompletePendedPreOperation,
     FltDoCompletionProcessingWhenSafe,
 };
-use windows_sys::Wdk::System::SystemServices::{
-    IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE, IRP_NOCACHE,
-    IRP_PAGING_IO, KeEnterCriticalRegion,
-};
+use windows_sys::Wdk::System::SystemServices::{IRP_NOCACHE, IRP_PAGING_IO, KeEnterCriticalRegion};
 use windows_sys::Win32::Foundation::{
     STATUS_ACCESS_DENIED, STATUS_END_OF_FILE, STATUS_MEDIA_WRITE_PROTECTED,
     STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, STATUS_VOLUME_DISMOUNTED,
 };
-
-const CREATE: u8 = IRP_MJ_CREATE as u8;
-const READ: u8 = IRP_MJ_READ as u8;
-const WRITE: u8 = IRP_MJ_WRITE as u8;
 
 fn start(sim: &Sim, config: Config) -> Volume {
     configure(config);
@@ -79,8 +75,6 @@ fn create_read_write_close_run_pre_and_post_at_the_os_irqls() {
             _ => None,
         })
         .collect();
-    let cleanup = IRP_MJ_CLEANUP as u8;
-    let close = IRP_MJ_CLOSE as u8;
     assert_eq!(
         seen,
         vec![
@@ -94,10 +88,10 @@ fn create_read_write_close_run_pre_and_post_at_the_os_irqls() {
             (READ, false, 2),
             (WRITE, true, 0),
             (WRITE, false, 2),
-            (cleanup, true, 0),
-            (cleanup, false, 2),
-            (close, true, 0),
-            (close, false, 2),
+            (CLEANUP, true, 0),
+            (CLEANUP, false, 2),
+            (CLOSE, true, 0),
+            (CLOSE, false, 2),
         ]
     );
     assert!(matches!(
@@ -446,8 +440,8 @@ fn completing_an_operation_that_is_not_pended_is_a_violation() {
                         data,
                         FLT_PREOP_SUCCESS_NO_CALLBACK,
                         std::ptr::null(),
-                    )
-                };
+                    );
+                }
                 FLT_PREOP_SUCCESS_NO_CALLBACK
             })),
             ..Config::default()
@@ -654,7 +648,7 @@ fn failed_creates_get_a_post_op_but_no_cleanup_or_close() {
         }
     ));
     assert_eq!(
-        count(|e| matches!(e, Event::Pre { major, .. } if *major == IRP_MJ_CLEANUP as u8)),
+        count(|e| matches!(e, Event::Pre { major, .. } if *major == CLEANUP)),
         0
     );
     finish(&sim);

@@ -1,4 +1,4 @@
-//! Load, registration, instance setup on volumes, detach, and unload through FilterUnload.
+//! Load, registration, instance setup on volumes, detach, and unload through `FilterUnload`.
 
 mod common;
 

@@ -29,7 +29,7 @@ static SERVER: AtomicIsize = AtomicIsize::new(0);
 static CLIENT: Mutex<PFLT_PORT> = Mutex::new(0);
 static CONNECT_STATUS: AtomicI32 = AtomicI32::new(0);
 static DISCONNECTS: AtomicUsize = AtomicUsize::new(0);
-/// Extra output bytes MessageNotify claims beyond what it wrote (to break the rule).
+/// Extra output bytes `MessageNotify` claims beyond what it wrote (to break the rule).
 static OVERSTATE: AtomicU32 = AtomicU32::new(0);
 static CLOSE_CLIENT_ON_DISCONNECT: AtomicUsize = AtomicUsize::new(1);
 
@@ -132,7 +132,7 @@ fn create_port(filter: PFLT_FILTER, attributes: u32, max: i32) -> NTSTATUS {
     status
 }
 
-/// A filter with a port: created in DriverEntry, closed in FilterUnload before unregistering.
+/// A filter with a port: created in `DriverEntry`, closed in `FilterUnload` before unregistering.
 fn port_filter(max: i32) -> Config {
     CONNECT_STATUS.store(STATUS_SUCCESS, Ordering::SeqCst);
     DISCONNECTS.store(0, Ordering::SeqCst);
@@ -257,7 +257,7 @@ fn reporting_more_output_than_the_buffer_is_a_violation() {
     assert_eq!(sim.load("testflt", driver_entry), STATUS_SUCCESS);
     let client = sim.connect(PORT, &[]).unwrap();
     OVERSTATE.store(1, Ordering::SeqCst);
-    client.send(b"abc", 3);
+    let _ = client.send(b"abc", 3);
 }
 
 #[test]

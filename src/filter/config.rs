@@ -1,6 +1,6 @@
 //! Driver settings, read once at load from the service key's `Parameters` subkey.
 //!
-//! | value (REG_DWORD) | meaning | default |
+//! | value (`REG_DWORD`) | meaning | default |
 //! |---|---|---|
 //! | `MaxEntriesPerInstance` | bound on files tallied per volume instance; the least recently seen is evicted beyond it | [`DEFAULT_MAX_ENTRIES`] (4096) |
 //!
@@ -89,7 +89,7 @@ fn read_dword(registry_path: *const UNICODE_STRING, value_name: &[u16]) -> Optio
     key.query_dword(value_name)
 }
 
-/// A UNICODE_STRING over `units` (which must outlive its use).
+/// A `UNICODE_STRING` over `units` (which must outlive its use).
 fn unicode(units: &mut [u16]) -> Option<UNICODE_STRING> {
     let bytes = u16::try_from(units.len() * 2).ok()?;
     Some(UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: units.as_mut_ptr() })

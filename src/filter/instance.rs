@@ -71,7 +71,7 @@ fn wanted(device_type: u32, fs_type: FLT_FILESYSTEM_TYPE) -> bool {
     device_type == FILE_DEVICE_DISK_FILE_SYSTEM && fs_type != FLT_FSTYPE_RAW
 }
 
-/// `InstanceSetupCallback` (PASSIVE_LEVEL): decides whether to attach and creates the context.
+/// `InstanceSetupCallback` (`PASSIVE_LEVEL`): decides whether to attach and creates the context.
 pub(super) unsafe extern "system" fn setup(
     objects: *const FLT_RELATED_OBJECTS,
     _flags: u32,
@@ -141,7 +141,7 @@ fn volume_name(
     let mut name = allocator_api2::vec::Vec::new_in(PagedPool::new(tags::VOLUME_NAME));
     name.try_reserve_exact(units)
         .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-    let capacity = u16::try_from(name.capacity() * 2).unwrap_or(u16::MAX & !1);
+    let capacity = u16::try_from(name.capacity() * 2).unwrap_or(u16::MAX - 1);
     let mut string = UNICODE_STRING {
         Length: 0,
         MaximumLength: capacity,

@@ -35,25 +35,53 @@ pub const VOLUME_TAG: u32 = u32::from_le_bytes(*b"TfVc");
 /// Size of the fixed-size contexts.
 pub const CONTEXT_SIZE: usize = 64;
 
+/// `IRP_MJ_CREATE` as `FLT_IO_PARAMETER_BLOCK.MajorFunction` holds it.
+#[allow(clippy::cast_possible_truncation)] // IRP major function codes are below 28
+pub const CREATE: u8 = IRP_MJ_CREATE as u8;
+/// `IRP_MJ_READ`.
+#[allow(clippy::cast_possible_truncation)]
+pub const READ: u8 = IRP_MJ_READ as u8;
+/// `IRP_MJ_WRITE`.
+#[allow(clippy::cast_possible_truncation)]
+pub const WRITE: u8 = IRP_MJ_WRITE as u8;
+/// `IRP_MJ_CLEANUP`.
+#[allow(clippy::cast_possible_truncation)]
+pub const CLEANUP: u8 = IRP_MJ_CLEANUP as u8;
+/// `IRP_MJ_CLOSE`.
+#[allow(clippy::cast_possible_truncation)]
+pub const CLOSE: u8 = IRP_MJ_CLOSE as u8;
+/// `FLT_INSTANCE_CONTEXT` as a context type.
+#[allow(clippy::cast_possible_truncation)] // context types are 16-bit
+pub const INSTANCE: u16 = FLT_INSTANCE_CONTEXT as u16;
+/// `FLT_STREAM_CONTEXT` as a context type.
+#[allow(clippy::cast_possible_truncation)]
+pub const STREAM: u16 = FLT_STREAM_CONTEXT as u16;
+/// `FLT_VOLUME_CONTEXT` as a context type.
+#[allow(clippy::cast_possible_truncation)]
+pub const VOLUME: u16 = FLT_VOLUME_CONTEXT as u16;
+
+/// A registration-editing hook.
+pub type RegistrationHook = Arc<dyn Fn(&mut FLT_REGISTRATION) + Send + Sync>;
+
 /// What a callback saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// DriverEntry ran with this registry path.
+    /// `DriverEntry` ran with this registry path.
     DriverEntry(String),
-    /// InstanceSetup: flags, device type, file-system type, IRQL.
+    /// `InstanceSetup`: flags, device type, file-system type, IRQL.
     Setup {
         flags: u32,
         device_type: u32,
         fs_type: FLT_FILESYSTEM_TYPE,
         irql: u8,
     },
-    /// InstanceQueryTeardown: flags.
+    /// `InstanceQueryTeardown`: flags.
     QueryTeardown(u32),
-    /// InstanceTeardownStart: reason.
+    /// `InstanceTeardownStart`: reason.
     TeardownStart(u32),
-    /// InstanceTeardownComplete: reason.
+    /// `InstanceTeardownComplete`: reason.
     TeardownComplete(u32),
-    /// FilterUnload: flags.
+    /// `FilterUnload`: flags.
     Unload(u32),
     /// A pre-op: major function, IRP flags, IRQL.
     Pre { major: u8, irp_flags: u32, irql: u8 },
@@ -90,14 +118,14 @@ pub type PostHook = Arc<
         + Send
         + Sync,
 >;
-/// An InstanceSetup hook.
+/// An `InstanceSetup` hook.
 pub type SetupHook =
     Arc<dyn Fn(&FLT_RELATED_OBJECTS, FLT_FILESYSTEM_TYPE) -> NTSTATUS + Send + Sync>;
 /// A hook with the related objects only (teardown callbacks).
 pub type ObjectsHook = Arc<dyn Fn(&FLT_RELATED_OBJECTS) + Send + Sync>;
-/// FilterUnload hook: gets the flags, returns the status (the default unregisters and succeeds).
+/// `FilterUnload` hook: gets the flags, returns the status (the default unregisters and succeeds).
 pub type UnloadHook = Arc<dyn Fn(u32) -> NTSTATUS + Send + Sync>;
-/// DriverEntry hook, run after registration (and before start unless it returns an error).
+/// `DriverEntry` hook, run after registration (and before start unless it returns an error).
 pub type EntryHook = Arc<dyn Fn(PFLT_FILTER) -> NTSTATUS + Send + Sync>;
 
 /// A registration array (plain data holding function pointers and a reserved NULL pointer).
@@ -110,8 +138,8 @@ unsafe impl<T> Send for Table<T> {}
 /// How the test filter behaves.
 #[derive(Default)]
 pub struct Config {
-    /// Overrides of the registration (applied to the default one before FltRegisterFilter).
-    pub registration: Option<Arc<dyn Fn(&mut FLT_REGISTRATION) + Send + Sync>>,
+    /// Overrides of the registration (applied to the default one before `FltRegisterFilter`).
+    pub registration: Option<RegistrationHook>,
     /// Operation array to register instead of create/read/write/cleanup/close.
     pub operations: Option<Table<FLT_OPERATION_REGISTRATION>>,
     /// Context array to register instead of the default (instance, stream, volume).
@@ -124,9 +152,9 @@ pub struct Config {
     pub unload: Option<UnloadHook>,
     pub pre: Option<PreHook>,
     pub post: Option<PostHook>,
-    /// Leave FilterUnloadCallback NULL.
+    /// Leave `FilterUnloadCallback` NULL.
     pub no_unload_callback: bool,
-    /// Leave InstanceQueryTeardownCallback NULL.
+    /// Leave `InstanceQueryTeardownCallback` NULL.
     pub no_query_teardown: bool,
 }
 
@@ -150,7 +178,7 @@ pub fn events() -> Vec<Event> {
     lock(&EVENTS).clone()
 }
 
-/// The filter handle DriverEntry got.
+/// The filter handle `DriverEntry` got.
 pub fn filter() -> PFLT_FILTER {
     *lock(&FILTER)
 }
@@ -232,7 +260,7 @@ pub fn default_contexts() -> Vec<FLT_CONTEXT_REGISTRATION> {
     ]
 }
 
-/// The test filter's DriverEntry.
+/// The test filter's `DriverEntry`.
 pub unsafe extern "system" fn driver_entry(
     driver: *mut DRIVER_OBJECT,
     registry_path: *const UNICODE_STRING,

@@ -1,5 +1,10 @@
 //! `iotally::pool` allocators through the simulated pool: accounting by tag, zero-size and
 //! over-aligned layouts, IRQL rules, and fallibility under fault injection (no panic, no leak).
+//!
+//! IRQL misuse runs on a thread of its own: in release builds fltsim catches it by panicking inside
+//! `ExAllocatePool2`/`ExFreePoolWithTag`, and that panic unwinds through the driver's non-unwinding
+//! windows-sys import, which in optimized builds skips the destructors in between (seen here: the
+//! test's `Sim` was never dropped and the other tests waited for it forever).
 
 use core::alloc::Layout;
 
@@ -7,11 +12,19 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use allocator_api2::vec::Vec;
 use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
+use fltsim::pool::{FaultPlan, PoolUsage, set_fault_injection};
 use hashbrown::HashMap;
 use iotally::pool::{MAX_ALIGN, NonPagedPool, PagedPool, Tag, tags};
 use iotally::sync::PushLock;
 
 const TEST_TAG: Tag = Tag::new(*b"ItT2");
+
+/// Runs `misuse` on a thread of its own and re-raises its panic on this thread.
+fn misuse_on_own_thread(misuse: impl FnOnce() + Send) {
+    if let Err(panic) = std::thread::scope(|s| s.spawn(misuse).join()) {
+        std::panic::resume_unwind(panic);
+    }
+}
 
 /// `(bytes, count)` outstanding under `tag`.
 fn outstanding(tag: Tag) -> (usize, usize) {
@@ -142,11 +155,16 @@ fn paged_pool_works_at_apc_level() {
         expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)"
     )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: ExAllocatePool2"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2")
+)]
 fn paged_allocation_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
-    let _dispatch = raise(DISPATCH_LEVEL);
-    let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
+    misuse_on_own_thread(|| {
+        let _dispatch = raise(DISPATCH_LEVEL);
+        let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
+    });
 }
 
 #[test]
@@ -156,10 +174,76 @@ fn paged_allocation_at_dispatch_level_is_caught() {
         expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)"
     )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: ExFreePoolWithTag"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)")
+)]
 fn paged_free_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
     let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
-    let _dispatch = raise(DISPATCH_LEVEL);
-    drop(boxed);
+    misuse_on_own_thread(move || {
+        let _dispatch = raise(DISPATCH_LEVEL);
+        drop(boxed);
+    });
+}
+
+#[test]
+fn paged_and_non_paged_allocations_land_in_their_pool() {
+    let _sim = fltsim::Sim::new();
+    let paged = Box::try_new_in([0_u8; 24], PagedPool::new(tags::VOLUME_NAME)).expect("pool");
+    let non_paged = Box::try_new_in([0_u8; 40], NonPagedPool::new(tags::FILE_NAME)).expect("pool");
+    let usage = fltsim::pool::outstanding_by_pool();
+    assert!(usage.contains(&PoolUsage { tag: tags::VOLUME_NAME.raw(), paged: true, bytes: 24, count: 1 }));
+    assert!(usage.contains(&PoolUsage { tag: tags::FILE_NAME.raw(), paged: false, bytes: 40, count: 1 }));
+    assert_eq!(usage.len(), 2);
+    drop((paged, non_paged));
+    assert!(fltsim::pool::outstanding().is_empty());
+}
+
+/// Driver Verifier's low-resources simulation at 100%: every pool user gets `Err`, nothing panics,
+/// nothing leaks.
+#[test]
+fn every_allocation_failing_is_an_error_everywhere() {
+    let _sim = fltsim::Sim::new();
+    set_fault_injection(FaultPlan::EveryNth { n: 1, tag: None });
+    let paged = PagedPool::new(TEST_TAG);
+    assert_eq!(paged.allocate(Layout::new::<u64>()), Err(AllocError));
+    assert_eq!(paged.allocate_zeroed(Layout::new::<u64>()), Err(AllocError));
+    assert_eq!(NonPagedPool::new(TEST_TAG).allocate(Layout::new::<u64>()), Err(AllocError));
+    assert!(Box::try_new_in(1_u8, paged).is_err());
+    let mut bytes: Vec<u8, PagedPool> = Vec::new_in(paged);
+    assert!(bytes.try_reserve(10).is_err());
+    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
+        HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), PagedPool::new(tags::TABLE));
+    assert!(table.try_reserve(10).is_err());
+    assert!(PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).is_err());
+    assert_eq!(fltsim::pushlock::live(), 0, "no lock initialized in memory that was never given");
+    assert_eq!(fltsim::pool::injected_failures(), 7);
+    assert!(fltsim::pool::outstanding().is_empty());
+    // Zero-size allocations never reach the pool, so they still succeed.
+    assert!(Box::try_new_in((), paged).is_ok());
+}
+
+/// 10% of allocations failing: each failure is one clean `Err`, the successes are all accounted, and
+/// freeing them leaves nothing behind.
+#[test]
+fn some_allocations_failing_leaves_no_leak() {
+    const ATTEMPTS: usize = 2_000;
+    let _sim = fltsim::Sim::new();
+    let keep = PagedPool::new(tags::TABLE);
+    let mut kept: Vec<Box<u64, PagedPool>, PagedPool> = Vec::new_in(keep);
+    kept.try_reserve_exact(ATTEMPTS).expect("before the faults start");
+    set_fault_injection(FaultPlan::percent(10, 0x1071, Some(TEST_TAG.raw())));
+    let mut failed = 0;
+    for value in 0..ATTEMPTS as u64 {
+        match Box::try_new_in(value, PagedPool::new(TEST_TAG)) {
+            Ok(boxed) => kept.push(boxed),
+            Err(AllocError) => failed += 1,
+        }
+    }
+    assert_eq!(u64::try_from(failed).expect("small"), fltsim::pool::injected_failures());
+    assert!(failed > 0 && failed < ATTEMPTS / 2, "{failed} of {ATTEMPTS} failed");
+    assert_eq!(outstanding(TEST_TAG), (8 * kept.len(), kept.len()));
+    drop(kept);
+    assert!(fltsim::pool::outstanding().is_empty());
 }

@@ -568,21 +568,18 @@ pub unsafe extern "system" fn FltGetStreamContext(
     )
 }
 
-/// Deletes the stream contexts of `stream` on volume `volume` (its last file object closed).
-pub(crate) fn stream_closed(volume: isize, stream: u128) {
-    let dying = world::with(|w| {
-        let addresses: Vec<usize> = w
-            .instances
-            .values()
-            .filter(|i| i.volume == volume)
-            .filter_map(|i| i.stream_contexts.get(&stream).copied())
-            .collect();
-        addresses
-            .into_iter()
-            .filter_map(|a| unlink(w, a))
-            .collect::<Vec<_>>()
-    });
-    finish(dying);
+/// Unlinks the stream contexts of `stream` on volume `volume` (its last file object closed), in
+/// the same critical section that saw the last close, so that a concurrent open of the same file
+/// either keeps the stream alive or finds it gone with its contexts. Finish the returned contexts
+/// with [`finish`] once the state lock is released.
+pub(crate) fn stream_closed(w: &mut World, volume: isize, stream: u128) -> Vec<Dying> {
+    let addresses: Vec<usize> = w
+        .instances
+        .values()
+        .filter(|i| i.volume == volume)
+        .filter_map(|i| i.stream_contexts.get(&stream).copied())
+        .collect();
+    addresses.into_iter().filter_map(|a| unlink(w, a)).collect()
 }
 
 /// Deletes every context linked to `instance` (teardown complete, or setup failed).

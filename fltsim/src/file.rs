@@ -426,7 +426,7 @@ fn new_id(v: &mut world::Volume) -> u128 {
 
 /// Drops one open of the stream of `file_object`; the last one deletes its stream contexts.
 fn release_stream(volume: isize, file_object: usize) {
-    let last = world::with(|w| {
+    let dying = world::with(|w| {
         let stream = w.file_objects.get_mut(&file_object).and_then(|f| {
             f.open = false;
             f.stream
@@ -434,16 +434,13 @@ fn release_stream(volume: isize, file_object: usize) {
         let v = w.volume(volume)?;
         let count = v.open_streams.get_mut(&stream)?;
         *count -= 1;
-        if *count == 0 {
-            v.open_streams.remove(&stream);
-            Some(stream)
-        } else {
-            None
+        if *count > 0 {
+            return None;
         }
+        v.open_streams.remove(&stream);
+        Some(crate::context::stream_closed(w, volume, stream))
     });
-    if let Some(stream) = last {
-        crate::context::stream_closed(volume, stream);
-    }
+    crate::context::finish(dying.unwrap_or_default());
 }
 
 fn major(code: u32) -> u8 {

@@ -593,3 +593,45 @@ fn contexts_survive_concurrent_readers() {
     assert_eq!(sim.unload(false), STATUS_SUCCESS);
     sim.verifier_report().assert_clean();
 }
+
+#[test]
+fn a_stream_reopened_while_its_last_handle_closes_keeps_a_context() {
+    let sim = Sim::new();
+    let misses = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&misses);
+    let mut config = with_stream_contexts(Arc::new(Mutex::new(Vec::new())));
+    config.pre = Some(Arc::new(move |data, objects, _| {
+        // SAFETY: callback data from Filter Manager.
+        if unsafe { (*(*data).Iopb).MajorFunction } == READ {
+            let mut context: PFLT_CONTEXT = ptr::null_mut();
+            // SAFETY: valid instance and open file object.
+            let status = unsafe {
+                FltGetStreamContext(objects.Instance, objects.FileObject, &raw mut context)
+            };
+            if status == STATUS_SUCCESS {
+                release(context);
+            } else {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        FLT_PREOP_SUCCESS_WITH_CALLBACK
+    }));
+    configure(config);
+    let volume = ntfs(&sim);
+    assert_eq!(sim.load("testflt", driver_entry), STATUS_SUCCESS);
+    sim.create_file(volume, r"\hot", 10);
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                for _ in 0..500 {
+                    let mut file = sim.open(volume, r"\hot", OpenOptions::open()).unwrap();
+                    file.read(1, 0);
+                    drop(file);
+                }
+            });
+        }
+    });
+    assert_eq!(misses.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(sim.unload(false), STATUS_SUCCESS);
+    sim.verifier_report().assert_clean();
+}

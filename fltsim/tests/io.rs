@@ -715,3 +715,12 @@ fn volume_opens_carry_fo_volume_open() {
     );
     finish(&sim);
 }
+
+#[test]
+fn the_sim_is_shared_across_threads_and_handles_move_between_them() {
+    fn shared<T: Sync>() {}
+    fn movable<T: Send>() {}
+    shared::<Sim>();
+    movable::<fltsim::FileHandle<'static>>();
+    movable::<fltsim::PortClient<'static>>();
+}

@@ -117,12 +117,11 @@ pub fn package_version(manifest: &str) -> Option<String> {
         let line = line.trim();
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package {
-            if let Some((key, value)) = line.split_once('=') {
-                if key.trim() == "version" {
-                    return Some(value.trim().trim_matches('"').to_owned());
-                }
-            }
+        } else if in_package
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "version"
+        {
+            return Some(value.trim().trim_matches('"').to_owned());
         }
     }
     None

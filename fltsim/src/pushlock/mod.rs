@@ -2,7 +2,7 @@
 //! (and their `Ex` forms), `FltReleasePushLock{,Ex}`, `FltDeletePushLock`.
 //!
 //! The lock's state lives in the caller's 8-byte `EX_PUSH_LOCK` word ([`word`] documents each bit and
-//! the algorithm); waiters park by the word's address. The simulator's own bookkeeping ([`registry`])
+//! the algorithm); waiters park by the word's address. The simulator's own bookkeeping (module `registry`)
 //! turns what would hang or bugcheck on Windows into a panic starting `fltsim: ` that names the rule
 //! (kernel-facts.md, "Push locks"; Microsoft's `FltAcquirePushLockShared` etc. reference pages):
 //!

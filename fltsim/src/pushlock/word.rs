@@ -23,7 +23,11 @@
 //!
 //! # Policy
 //! - Shared: granted when the lock is free or held shared, **and no exclusive acquirer is waiting**
-//!   (writer preference); otherwise the thread waits.
+//!   (writer preference); otherwise the thread waits. This includes the short window in which the
+//!   lock is free and a woken exclusive waiter has not yet taken it: the reader waits there too, so a
+//!   reader that arrives after a writer queued never gets in first. (Microsoft's page says an unowned
+//!   lock is granted shared at once; the window is not observable by a caller, and closing it is what
+//!   makes writer preference checkable.)
 //! - Exclusive: granted only when the lock is free; barging is allowed (not fair, as documented).
 //! - A release that frees the lock wakes one exclusive waiter if any is counted, otherwise every
 //!   shared waiter. Woken threads retry; nothing is handed off.

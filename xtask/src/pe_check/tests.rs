@@ -77,7 +77,7 @@ fn rdata(base: u32, text_rva: u32, spec: &Spec) -> (Vec<u8>, (usize, usize), (us
             out.extend_from_slice(&0u16.to_le_bytes());
             out.extend_from_slice(function.as_bytes());
             out.push(0);
-            if out.len() % 2 == 1 {
+            if !out.len().is_multiple_of(2) {
                 out.push(0);
             }
             let target = u64::from(rva(base, hint_name));
@@ -93,7 +93,7 @@ fn rdata(base: u32, text_rva: u32, spec: &Spec) -> (Vec<u8>, (usize, usize), (us
         put_u32(&mut out, descriptor + 16, rva(base, address));
     }
     let import_dir = (0, out.len());
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 

@@ -52,7 +52,9 @@ fn bench_push_locks(c: &mut Criterion) {
     shared.finish();
 
     let mut exclusive = c.benchmark_group("exclusive acquire+release");
-    exclusive.bench_function("PushLock::write", |b| b.iter(|| *black_box(&lock).write() += 1));
+    exclusive.bench_function("PushLock::write", |b| {
+        b.iter(|| *black_box(&lock).write() += 1)
+    });
     exclusive.bench_function("FltAcquirePushLockExclusive direct", |b| {
         b.iter(|| {
             // SAFETY: as above, exclusive.

@@ -284,15 +284,24 @@ mod tests {
         let lines = fltsim::kernel::debug_log();
         assert_eq!(lines.len(), 2);
         assert_eq!((lines[0].component, lines[0].level), (77, 3));
-        assert_eq!(lines[0].text, "iotally: 3 files, 100%s done\n", "the text is not a format string");
-        assert_eq!((lines[1].level, lines[1].text.as_str()), (0, "iotally: failed: 0xc0000001\n"));
+        assert_eq!(
+            lines[0].text, "iotally: 3 files, 100%s done\n",
+            "the text is not a format string"
+        );
+        assert_eq!(
+            (lines[1].level, lines[1].text.as_str()),
+            (0, "iotally: failed: 0xc0000001\n")
+        );
     }
 
     #[test]
     fn trace_lines_are_sent_in_debug_builds_only() {
         let _sim = fltsim::Sim::new();
         crate::log_trace!("hot path {}", 1);
-        assert_eq!(fltsim::kernel::debug_log().len(), usize::from(cfg!(debug_assertions)));
+        assert_eq!(
+            fltsim::kernel::debug_log().len(),
+            usize::from(cfg!(debug_assertions))
+        );
     }
 
     #[test]
@@ -300,7 +309,11 @@ mod tests {
         let _sim = fltsim::Sim::new();
         crate::log_warn!("{}", "y".repeat(4 * LINE_CAPACITY));
         let lines = fltsim::kernel::debug_log();
-        assert_eq!(lines[0].text.len(), LINE_CAPACITY - 1, "text and newline, without the NUL");
+        assert_eq!(
+            lines[0].text.len(),
+            LINE_CAPACITY - 1,
+            "text and newline, without the NUL"
+        );
         assert!(lines[0].text.ends_with("yy\n"));
     }
 }

@@ -30,7 +30,7 @@ use crate::ffi::POOL_FLAG_NON_PAGED;
 pub const PANIC_BUGCHECK_CODE: u32 = 0xE010_7A11;
 
 /// Pool tag of allocations through Rust's global allocator in the cross build (`ItRt`, read in this
-/// order by PoolMon and `!poolused`). The driver's own data uses the tags in `pool::tags`.
+/// order by `PoolMon` and `!poolused`). The driver's own data uses the tags in `pool::tags`.
 pub const GLOBAL_ALLOCATOR_TAG: u32 = u32::from_le_bytes(*b"ItRt");
 
 /// Alignment every x64 pool block has (`MEMORY_ALLOCATION_ALIGNMENT`, 16 bytes).

@@ -1,12 +1,17 @@
 //! `iotally::pool` allocators through the simulated pool: accounting by tag, zero-size and
 //! over-aligned layouts, IRQL rules, and fallibility under fault injection (no panic, no leak).
 //!
-//! IRQL misuse runs on a thread of its own: in release builds fltsim catches it by panicking inside
-//! `ExAllocatePool2`/`ExFreePoolWithTag`, and that panic unwinds through the driver's non-unwinding
-//! windows-sys import, which in optimized builds skips the destructors in between (seen here: the
-//! test's `Sim` was never dropped and the other tests waited for it forever).
+//! IRQL misuse runs on a thread of its own ([`misuse_on_own_thread`]), whose panic is intercepted by
+//! a panic hook and re-raised on the test's thread while the misuse thread is parked for good: in
+//! release builds fltsim catches the misuse by panicking inside `ExAllocatePool2`/`ExFreePoolWithTag`,
+//! and unwinding from there would cross the driver's non-unwinding windows-sys import (seen here: the
+//! destructors in between were skipped, the test's `Sim` was never dropped and the other tests waited
+//! for it forever).
 
 use core::alloc::Layout;
+use std::panic;
+use std::sync::{Mutex, Once, PoisonError};
+use std::thread;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
@@ -19,10 +24,57 @@ use iotally::sync::PushLock;
 
 const TEST_TAG: Tag = Tag::new(*b"ItT2");
 
-/// Runs `misuse` on a thread of its own and re-raises its panic on this thread.
-fn misuse_on_own_thread(misuse: impl FnOnce() + Send) {
-    if let Err(panic) = std::thread::scope(|s| s.spawn(misuse).join()) {
-        std::panic::resume_unwind(panic);
+/// Name of the threads whose panics [`misuse_on_own_thread`] intercepts.
+const MISUSE_THREAD: &str = "iotally-misuse";
+
+/// Panic messages of misuse threads, with the thread that raised each.
+static CAUGHT: Mutex<Vec<(thread::ThreadId, String)>> = Mutex::new(Vec::new());
+
+/// Runs `misuse` on a thread of its own. If it panics, the message is recorded by a panic hook, that
+/// thread is parked for good (it never unwinds, see the module documentation), and the same message is
+/// raised here; if it returns, so does this.
+fn misuse_on_own_thread(misuse: impl FnOnce() + Send + 'static) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(std::boxed::Box::new(move |info| {
+            let me = thread::current();
+            if me.name() != Some(MISUSE_THREAD) {
+                return default(info);
+            }
+            let message = info
+                .payload_as_str()
+                .unwrap_or("(a panic without a message)");
+            CAUGHT
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((me.id(), message.to_owned()));
+            loop {
+                thread::park();
+            }
+        }));
+    });
+    let worker = thread::Builder::new()
+        .name(MISUSE_THREAD.to_owned())
+        .spawn(misuse)
+        .expect("spawn the misuse thread");
+    let id = worker.thread().id();
+    loop {
+        let caught = {
+            let mut caught = CAUGHT.lock().unwrap_or_else(PoisonError::into_inner);
+            caught
+                .iter()
+                .position(|(thread, _)| *thread == id)
+                .map(|at| caught.remove(at).1)
+        };
+        if let Some(message) = caught {
+            panic!("{message}");
+        }
+        if worker.is_finished() {
+            worker.join().expect("a misuse thread never unwinds");
+            return;
+        }
+        thread::yield_now();
     }
 }
 
@@ -63,7 +115,10 @@ fn non_paged_boxes_are_accounted_and_freed() {
 fn tables_can_live_in_paged_pool() {
     let _sim = fltsim::Sim::new();
     let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
-        HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), PagedPool::new(tags::TABLE));
+        HashMap::with_hasher_in(
+            hashbrown::DefaultHashBuilder::default(),
+            PagedPool::new(tags::TABLE),
+        );
     for key in 0..1_000 {
         table.try_reserve(1).expect("pool");
         table.insert(key, key * 2);
@@ -97,7 +152,9 @@ fn zero_size_allocations_do_not_touch_the_pool() {
     for pool in [PagedPool::new(TEST_TAG)] {
         for align in [1, 2, 8, 16] {
             let layout = Layout::from_size_align(0, align).expect("layout");
-            let block = pool.allocate(layout).expect("zero-size allocations always succeed");
+            let block = pool
+                .allocate(layout)
+                .expect("zero-size allocations always succeed");
             assert_eq!(block.len(), 0);
             assert_eq!(block.cast::<u8>().as_ptr().addr() % align, 0);
             assert!(fltsim::pool::outstanding().is_empty());
@@ -115,7 +172,10 @@ fn alignment_above_the_pool_guarantee_is_refused() {
     let _sim = fltsim::Sim::new();
     let layout = Layout::from_size_align(64, 2 * MAX_ALIGN).expect("layout");
     assert_eq!(PagedPool::new(TEST_TAG).allocate(layout), Err(AllocError));
-    assert_eq!(NonPagedPool::new(TEST_TAG).allocate(layout), Err(AllocError));
+    assert_eq!(
+        NonPagedPool::new(TEST_TAG).allocate(layout),
+        Err(AllocError)
+    );
     assert!(fltsim::pool::outstanding().is_empty());
 }
 
@@ -124,9 +184,15 @@ fn sizes_the_pool_cannot_serve_are_errors() {
     let _sim = fltsim::Sim::new();
     let mut huge: Vec<u8, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
     assert!(huge.try_reserve(usize::MAX).is_err(), "capacity overflow");
-    assert!(huge.try_reserve(isize::MAX as usize).is_err(), "more than the pool can give");
+    assert!(
+        huge.try_reserve(isize::MAX as usize).is_err(),
+        "more than the pool can give"
+    );
     let mut wide: Vec<u64, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
-    assert!(wide.try_reserve(usize::MAX / 4).is_err(), "size overflow in the layout");
+    assert!(
+        wide.try_reserve(usize::MAX / 4).is_err(),
+        "size overflow in the layout"
+    );
     assert!(fltsim::pool::outstanding().is_empty());
 }
 
@@ -157,7 +223,9 @@ fn paged_pool_works_at_apc_level() {
 )]
 #[cfg_attr(
     not(debug_assertions),
-    should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2")
+    should_panic(
+        expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2"
+    )
 )]
 fn paged_allocation_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
@@ -176,7 +244,9 @@ fn paged_allocation_at_dispatch_level_is_caught() {
 )]
 #[cfg_attr(
     not(debug_assertions),
-    should_panic(expected = "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)")
+    should_panic(
+        expected = "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)"
+    )
 )]
 fn paged_free_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
@@ -193,8 +263,18 @@ fn paged_and_non_paged_allocations_land_in_their_pool() {
     let paged = Box::try_new_in([0_u8; 24], PagedPool::new(tags::VOLUME_NAME)).expect("pool");
     let non_paged = Box::try_new_in([0_u8; 40], NonPagedPool::new(tags::FILE_NAME)).expect("pool");
     let usage = fltsim::pool::outstanding_by_pool();
-    assert!(usage.contains(&PoolUsage { tag: tags::VOLUME_NAME.raw(), paged: true, bytes: 24, count: 1 }));
-    assert!(usage.contains(&PoolUsage { tag: tags::FILE_NAME.raw(), paged: false, bytes: 40, count: 1 }));
+    assert!(usage.contains(&PoolUsage {
+        tag: tags::VOLUME_NAME.raw(),
+        paged: true,
+        bytes: 24,
+        count: 1
+    }));
+    assert!(usage.contains(&PoolUsage {
+        tag: tags::FILE_NAME.raw(),
+        paged: false,
+        bytes: 40,
+        count: 1
+    }));
     assert_eq!(usage.len(), 2);
     drop((paged, non_paged));
     assert!(fltsim::pool::outstanding().is_empty());
@@ -209,15 +289,25 @@ fn every_allocation_failing_is_an_error_everywhere() {
     let paged = PagedPool::new(TEST_TAG);
     assert_eq!(paged.allocate(Layout::new::<u64>()), Err(AllocError));
     assert_eq!(paged.allocate_zeroed(Layout::new::<u64>()), Err(AllocError));
-    assert_eq!(NonPagedPool::new(TEST_TAG).allocate(Layout::new::<u64>()), Err(AllocError));
+    assert_eq!(
+        NonPagedPool::new(TEST_TAG).allocate(Layout::new::<u64>()),
+        Err(AllocError)
+    );
     assert!(Box::try_new_in(1_u8, paged).is_err());
     let mut bytes: Vec<u8, PagedPool> = Vec::new_in(paged);
     assert!(bytes.try_reserve(10).is_err());
     let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
-        HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), PagedPool::new(tags::TABLE));
+        HashMap::with_hasher_in(
+            hashbrown::DefaultHashBuilder::default(),
+            PagedPool::new(tags::TABLE),
+        );
     assert!(table.try_reserve(10).is_err());
     assert!(PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).is_err());
-    assert_eq!(fltsim::pushlock::live(), 0, "no lock initialized in memory that was never given");
+    assert_eq!(
+        fltsim::pushlock::live(),
+        0,
+        "no lock initialized in memory that was never given"
+    );
     assert_eq!(fltsim::pool::injected_failures(), 7);
     assert!(fltsim::pool::outstanding().is_empty());
     // Zero-size allocations never reach the pool, so they still succeed.
@@ -232,7 +322,8 @@ fn some_allocations_failing_leaves_no_leak() {
     let _sim = fltsim::Sim::new();
     let keep = PagedPool::new(tags::TABLE);
     let mut kept: Vec<Box<u64, PagedPool>, PagedPool> = Vec::new_in(keep);
-    kept.try_reserve_exact(ATTEMPTS).expect("before the faults start");
+    kept.try_reserve_exact(ATTEMPTS)
+        .expect("before the faults start");
     set_fault_injection(FaultPlan::percent(10, 0x1071, Some(TEST_TAG.raw())));
     let mut failed = 0;
     for value in 0..ATTEMPTS as u64 {
@@ -241,8 +332,14 @@ fn some_allocations_failing_leaves_no_leak() {
             Err(AllocError) => failed += 1,
         }
     }
-    assert_eq!(u64::try_from(failed).expect("small"), fltsim::pool::injected_failures());
-    assert!(failed > 0 && failed < ATTEMPTS / 2, "{failed} of {ATTEMPTS} failed");
+    assert_eq!(
+        u64::try_from(failed).expect("small"),
+        fltsim::pool::injected_failures()
+    );
+    assert!(
+        failed > 0 && failed < ATTEMPTS / 2,
+        "{failed} of {ATTEMPTS} failed"
+    );
     assert_eq!(outstanding(TEST_TAG), (8 * kept.len(), kept.len()));
     drop(kept);
     assert!(fltsim::pool::outstanding().is_empty());

@@ -4,18 +4,20 @@
 //!
 //! Run both ways: `cargo test --test push_lock` and `cargo test --release --test push_lock`.
 //!
-//! Misuse runs on a thread of its own ([`misuse_on_own_thread`]) with the lock leaked: in release
-//! builds it is fltsim that catches it, by panicking inside the simulated routine, and that panic
-//! unwinds through the driver's call of a windows-sys import, which Rust declares as non-unwinding
-//! (`extern "system"`). Optimized builds then skip the destructors in between (seen here: a test's
-//! `Sim` was never dropped and every later test waited for it forever). On its own thread the misuse
-//! can only strand what that thread holds.
+//! Misuse runs on a thread of its own ([`misuse_on_own_thread`]), whose panic is intercepted by a
+//! panic hook and re-raised on the test's thread, while the misuse thread is parked for good instead
+//! of unwinding. In release builds it is fltsim that catches the misuse, by panicking inside the
+//! simulated routine, and unwinding from there would cross the driver's call of a windows-sys import,
+//! which Rust declares non-unwinding (`extern "system"`): seen here, that either skips the destructors
+//! in between (a test's `Sim` was never dropped and every later test waited for it) or aborts the
+//! process ("failed to initiate panic"). Locks used for misuse are leaked: the stranded thread may
+//! still hold them.
 
 use std::mem::size_of;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex, Once, PoisonError};
 use std::thread;
 
 use allocator_api2::boxed::Box;
@@ -36,11 +38,57 @@ fn word<T>(lock: &PushLock<T>) -> usize {
     unsafe { AtomicUsize::from_ptr(lock.as_raw()) }.load(Ordering::SeqCst)
 }
 
-/// Runs `misuse` on a thread of its own and re-raises its panic on this thread (see the module
-/// documentation for why).
-fn misuse_on_own_thread(misuse: impl FnOnce() + Send) {
-    if let Err(panic) = thread::scope(|s| s.spawn(misuse).join()) {
-        resume_unwind(panic);
+/// Name of the threads whose panics [`misuse_on_own_thread`] intercepts.
+const MISUSE_THREAD: &str = "iotally-misuse";
+
+/// Panic messages of misuse threads, with the thread that raised each.
+static CAUGHT: Mutex<Vec<(thread::ThreadId, String)>> = Mutex::new(Vec::new());
+
+/// Runs `misuse` on a thread of its own. If it panics, the message is recorded by a panic hook, that
+/// thread is parked for good (it never unwinds, see the module documentation), and the same message is
+/// raised here; if it returns, so does this.
+fn misuse_on_own_thread(misuse: impl FnOnce() + Send + 'static) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(std::boxed::Box::new(move |info| {
+            let me = thread::current();
+            if me.name() != Some(MISUSE_THREAD) {
+                return default(info);
+            }
+            let message = info
+                .payload_as_str()
+                .unwrap_or("(a panic without a message)");
+            CAUGHT
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((me.id(), message.to_owned()));
+            loop {
+                thread::park();
+            }
+        }));
+    });
+    let worker = thread::Builder::new()
+        .name(MISUSE_THREAD.to_owned())
+        .spawn(misuse)
+        .expect("spawn the misuse thread");
+    let id = worker.thread().id();
+    loop {
+        let caught = {
+            let mut caught = CAUGHT.lock().unwrap_or_else(PoisonError::into_inner);
+            caught
+                .iter()
+                .position(|(thread, _)| *thread == id)
+                .map(|at| caught.remove(at).1)
+        };
+        if let Some(message) = caught {
+            panic!("{message}");
+        }
+        if worker.is_finished() {
+            worker.join().expect("a misuse thread never unwinds");
+            return;
+        }
+        thread::yield_now();
     }
 }
 
@@ -102,7 +150,11 @@ fn writer_excludes_readers_and_writers() {
             *value += 10;
         });
         wait_for_waiters(&lock, 2, || entered.load(Ordering::SeqCst) > 0);
-        assert_eq!(entered.load(Ordering::SeqCst), 0, "no one got in while the writer held the lock");
+        assert_eq!(
+            entered.load(Ordering::SeqCst),
+            0,
+            "no one got in while the writer held the lock"
+        );
         *guard += 1;
         drop(guard);
     });
@@ -134,7 +186,11 @@ fn waiting_writer_goes_before_later_readers() {
         drop(first);
         late.join().expect("late reader")
     });
-    assert_eq!(seen_by_late_reader, ["writer"], "the waiting writer went first");
+    assert_eq!(
+        seen_by_late_reader,
+        ["writer"],
+        "the waiting writer went first"
+    );
 }
 
 fn read_then_fail(lock: &PushLock<u32>) -> Result<u32, &'static str> {
@@ -173,10 +229,15 @@ fn guards_release_when_a_panic_unwinds() {
         panic!("boom while holding a mapped read guard");
     }));
     assert!(reader.is_err());
-    assert_eq!(word(&lock), 0, "the mapped read guard released during unwinding");
+    assert_eq!(
+        word(&lock),
+        0,
+        "the mapped read guard released during unwinding"
+    );
     // A panic inside `map`'s closure: the original guard releases.
     let mapping = catch_unwind(AssertUnwindSafe(|| {
-        let _never = PushLockWriteGuard::map(lock.write(), |_| -> &mut u32 { panic!("boom in map") });
+        let _never =
+            PushLockWriteGuard::map(lock.write(), |_| -> &mut u32 { panic!("boom in map") });
     }));
     assert!(mapping.is_err());
     assert_eq!(word(&lock), 0);
@@ -187,13 +248,18 @@ fn guards_release_when_a_panic_unwinds() {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    should_panic(expected = "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)")
+    should_panic(
+        expected = "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)"
+    )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: push lock deadlock"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "fltsim: push lock deadlock")
+)]
 fn recursive_exclusive_acquire_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _outer = lock.write();
         let _inner = lock.write();
     });
@@ -202,13 +268,18 @@ fn recursive_exclusive_acquire_is_caught() {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    should_panic(expected = "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)")
+    should_panic(
+        expected = "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)"
+    )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: push lock deadlock"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "fltsim: push lock deadlock")
+)]
 fn shared_to_exclusive_upgrade_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _shared = lock.read();
         let _exclusive = lock.write();
     });
@@ -217,13 +288,18 @@ fn shared_to_exclusive_upgrade_is_caught() {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    should_panic(expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)")
+    should_panic(
+        expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
+    )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: push lock deadlock"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "fltsim: push lock deadlock")
+)]
 fn shared_acquire_by_the_exclusive_holder_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _exclusive = lock.write();
         let _shared = lock.read();
     });
@@ -234,85 +310,82 @@ fn shared_acquire_by_the_exclusive_holder_is_caught() {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    should_panic(expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)")
+    should_panic(
+        expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
+    )
 )]
-#[cfg_attr(not(debug_assertions), should_panic(expected = "fltsim: push lock deadlock"))]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "fltsim: push lock deadlock")
+)]
 fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    let (writer_tx, writer_rx) = std::sync::mpsc::channel();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        misuse_on_own_thread(|| {
-            let _first = lock.read();
-            // Not scoped: in release builds the first shared hold may be stranded with the misuse
-            // thread, and the writer then waits forever.
-            writer_tx.send(thread::spawn(|| *lock.write() += 1)).expect("receiver alive");
-            wait_for_waiters(lock, 1, || false);
-            let _second = lock.read();
-        });
-    }));
-    let writer = writer_rx.recv().expect("the writer was started");
-    if cfg!(debug_assertions) {
-        // The diagnostic fired before the second acquire; unwinding released the first hold.
-        writer.join().expect("the writer got the lock");
-        assert_eq!(*lock.read(), 1);
-    }
-    if let Err(panic) = result {
-        resume_unwind(panic);
-    }
+    misuse_on_own_thread(move || {
+        let _first = lock.read();
+        // Stranded with the misuse thread's first shared hold, the writer waits for good.
+        thread::spawn(move || *lock.write() += 1);
+        wait_for_waiters(lock, 1, || false);
+        let _second = lock.read();
+    });
 }
 
 /// Debug builds refuse a recursive shared acquire even with no writer waiting: it is a hang waiting
 /// for the first writer to arrive at the wrong moment.
 #[test]
 #[cfg(debug_assertions)]
-#[should_panic(expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)")]
+#[should_panic(
+    expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
+)]
 fn recursive_shared_acquire_is_caught_in_debug_builds() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _first = lock.read();
         let _second = lock.read();
     });
 }
 
 /// Moves a `!Send` guard to another thread: exactly the misuse the diagnostics exist for.
-#[cfg(debug_assertions)]
 struct Smuggled<G>(G);
 // SAFETY: deliberately false, to release a guard on another thread than the acquiring one; only the
 // tests below do it, to check that the misuse is caught.
-#[cfg(debug_assertions)]
 unsafe impl<G> Send for Smuggled<G> {}
 
-/// Drops `guard` on another thread and re-raises that thread's panic here.
-#[cfg(debug_assertions)]
-fn release_on_another_thread<G>(guard: G) {
-    let smuggled = Smuggled(guard);
-    let outcome = thread::scope(|s| s.spawn(move || drop(smuggled)).join());
-    if let Err(panic) = outcome {
-        resume_unwind(panic);
-    }
-}
-
-// Debug builds only: in release builds fltsim catches the wrong-thread release, but its panic cannot
-// unwind out of that thread through the driver's non-unwinding import (the process aborts with
-// "failed to initiate panic"), so a test cannot observe it.
 #[test]
-#[cfg(debug_assertions)]
-#[should_panic(expected = "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop")]
+#[cfg_attr(
+    debug_assertions,
+    should_panic(
+        expected = "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop"
+    )
+)]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "by a thread that does not hold it")
+)]
 fn exclusive_release_on_another_thread_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    release_on_another_thread(lock.write());
+    let smuggled = Smuggled(lock.write());
+    misuse_on_own_thread(move || drop(smuggled));
 }
 
 #[test]
-#[cfg(debug_assertions)]
-#[should_panic(expected = "iotally: push lock released on the wrong thread: PushLockReadGuard::drop")]
+#[cfg_attr(
+    debug_assertions,
+    should_panic(
+        expected = "iotally: push lock released on the wrong thread: PushLockReadGuard::drop"
+    )
+)]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "by a thread that does not hold it")
+)]
 fn shared_release_on_another_thread_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    release_on_another_thread(lock.read());
+    let smuggled = Smuggled(lock.read());
+    misuse_on_own_thread(move || drop(smuggled));
 }
 
 #[test]
@@ -367,12 +440,14 @@ fn in_place_lock_in_pool_memory_is_deleted_by_drop_in_place() {
 )]
 #[cfg_attr(
     not(debug_assertions),
-    should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2")
+    should_panic(
+        expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2"
+    )
 )]
 fn shared_acquire_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _dispatch = raise(DISPATCH_LEVEL);
         let _never = lock.read();
     });
@@ -387,12 +462,14 @@ fn shared_acquire_at_dispatch_level_is_caught() {
 )]
 #[cfg_attr(
     not(debug_assertions),
-    should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2")
+    should_panic(
+        expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2"
+    )
 )]
 fn exclusive_acquire_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let _dispatch = raise(DISPATCH_LEVEL);
         let _never = lock.write();
     });
@@ -412,7 +489,7 @@ fn exclusive_acquire_at_dispatch_level_is_caught() {
 fn release_at_dispatch_level_is_caught() {
     let _sim = fltsim::Sim::new();
     let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(|| {
+    misuse_on_own_thread(move || {
         let guard = lock.write();
         let _dispatch = raise(DISPATCH_LEVEL);
         drop(guard);
@@ -455,14 +532,22 @@ fn exclusive_owner_is_the_current_thread_only() {
     let guard = lock.write();
     assert!(lock.is_locked_exclusive_by_current_thread());
     thread::scope(|s| {
-        let elsewhere = s.spawn(|| lock.is_locked_exclusive_by_current_thread()).join();
+        let elsewhere = s
+            .spawn(|| lock.is_locked_exclusive_by_current_thread())
+            .join();
         // Release builds track no owner and answer `true` everywhere (documented).
         assert_eq!(elsewhere.expect("query thread"), !cfg!(debug_assertions));
     });
     drop(guard);
-    assert_eq!(lock.is_locked_exclusive_by_current_thread(), !cfg!(debug_assertions));
+    assert_eq!(
+        lock.is_locked_exclusive_by_current_thread(),
+        !cfg!(debug_assertions)
+    );
     let _shared = lock.read();
-    assert_eq!(lock.is_locked_exclusive_by_current_thread(), !cfg!(debug_assertions));
+    assert_eq!(
+        lock.is_locked_exclusive_by_current_thread(),
+        !cfg!(debug_assertions)
+    );
 }
 
 /// Many threads, readers and writers mixed: a writer moves two counters apart and back together
@@ -544,9 +629,18 @@ fn mapped_guards_release_and_project() {
 
 #[test]
 fn guards_are_one_pointer() {
-    assert_eq!(size_of::<PushLockReadGuard<'_, [u64; 8]>>(), size_of::<usize>());
-    assert_eq!(size_of::<PushLockWriteGuard<'_, [u64; 8]>>(), size_of::<usize>());
-    assert_eq!(size_of::<Option<PushLockReadGuard<'_, u8>>>(), size_of::<usize>());
+    assert_eq!(
+        size_of::<PushLockReadGuard<'_, [u64; 8]>>(),
+        size_of::<usize>()
+    );
+    assert_eq!(
+        size_of::<PushLockWriteGuard<'_, [u64; 8]>>(),
+        size_of::<usize>()
+    );
+    assert_eq!(
+        size_of::<Option<PushLockReadGuard<'_, u8>>>(),
+        size_of::<usize>()
+    );
 }
 
 /// Release builds: the lock adds exactly its 8-byte word to the data (rounded to the alignment).
@@ -555,7 +649,8 @@ fn guards_are_one_pointer() {
 fn release_build_lock_is_the_data_plus_one_word() {
     fn expected<T>() -> usize {
         let align = std::mem::align_of::<T>().max(8);
-        (8_usize.next_multiple_of(std::mem::align_of::<T>()) + size_of::<T>()).next_multiple_of(align)
+        (8_usize.next_multiple_of(std::mem::align_of::<T>()) + size_of::<T>())
+            .next_multiple_of(align)
     }
     assert_eq!(size_of::<PushLock<()>>(), 8);
     assert_eq!(size_of::<PushLock<u8>>(), 16);

@@ -430,10 +430,8 @@ fn get_context(
             Target::Instance => inst.context,
             Target::Stream(stream) => inst.stream_contexts.get(&stream).copied(),
         };
-        if let Some(address) = found {
-            if let Some(c) = w.contexts.get_mut(&address) {
-                c.references += 1;
-            }
+        if let Some(c) = found.and_then(|address| w.contexts.get_mut(&address)) {
+            c.references += 1;
         }
         Some(found)
     });

@@ -573,10 +573,10 @@ impl FileHandle<'_> {
                 volume: self.volume,
                 parameters: FLT_PARAMETERS::default(),
             };
-            if let Outcome::Done(status, _) = perform(&op, &mut |_| (STATUS_SUCCESS, 0)) {
-                if code == IRP_MJ_CLEANUP {
-                    result = status;
-                }
+            if let Outcome::Done(status, _) = perform(&op, &mut |_| (STATUS_SUCCESS, 0))
+                && code == IRP_MJ_CLEANUP
+            {
+                result = status;
             }
         }
         release_stream(self.volume, file_object as usize);

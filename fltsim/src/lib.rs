@@ -8,24 +8,24 @@
 //! because a driver's globals (its filter handle) and the simulated kernel are process-wide.
 
 pub mod apc;
+pub mod bugcheck;
 mod callback;
 mod context;
 mod file;
 mod filter;
 mod instance;
 mod io;
-mod port;
-pub mod verifier;
-mod volume;
-mod world;
-pub mod bugcheck;
 pub mod irql;
 pub mod kernel;
 pub mod pool;
+mod port;
 pub mod pushlock;
 pub mod registry;
 mod session;
 pub mod signature;
+pub mod verifier;
+mod volume;
+mod world;
 
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};

@@ -51,12 +51,22 @@ pub fn must_remove(name: &str) -> bool {
     name.starts_with("CARGO_") && !KEEP.iter().any(|keep| name.starts_with(keep))
 }
 
-/// Debian's cargo building the driver's cdylib for [`TARGET`] in release mode with `-Zbuild-std`,
-/// without the `wdk` feature, linked by `lld-link-22`, into `target_dir`.
+/// What Debian's cargo is asked to do with the driver for [`TARGET`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Build and link `iotally.dll` (`cargo build`).
+    Build,
+    /// Lint the Windows-only code too (`cargo clippy ... -- -D warnings`, the workspace's lints).
+    Clippy,
+}
+
+/// Debian's cargo running `task` on the driver's library for [`TARGET`] in release mode with
+/// `-Zbuild-std`, without the `wdk` feature, linked by `lld-link-22`, into `target_dir`.
 ///
 /// `env` is the current environment (names only matter) and `path` the current `PATH`.
 #[must_use]
-pub fn build_invocation(
+pub fn invocation(
+    task: Task,
     workspace: &Path,
     target_dir: &Path,
     env: impl IntoIterator<Item = String>,
@@ -67,8 +77,12 @@ pub fn build_invocation(
         new_path.push(":");
         new_path.push(path);
     }
-    let args: Vec<OsString> = [
-        "build".into(),
+    let subcommand = match task {
+        Task::Build => "build",
+        Task::Clippy => "clippy",
+    };
+    let mut args: Vec<OsString> = [
+        subcommand.into(),
         "--manifest-path".into(),
         workspace.join("Cargo.toml").into_os_string(),
         "--package".into(),
@@ -87,6 +101,9 @@ pub fn build_invocation(
         target_dir.as_os_str().to_owned(),
     ]
     .into();
+    if task == Task::Clippy {
+        args.extend(["--".into(), "-D".into(), "warnings".into()]);
+    }
     Invocation {
         program: PathBuf::from(CARGO),
         args,
@@ -132,7 +149,7 @@ mod tests {
     use std::ffi::OsString;
     use std::path::Path;
 
-    use super::{build_invocation, built_dll, must_remove, package_version};
+    use super::{Task, built_dll, invocation, must_remove, package_version};
 
     #[test]
     fn rustup_and_redirecting_cargo_variables_are_removed() {
@@ -169,7 +186,8 @@ mod tests {
             "HOME".to_owned(),
             "CARGO_TARGET_DIR".to_owned(),
         ];
-        let inv = build_invocation(
+        let inv = invocation(
+            Task::Build,
             Path::new("/w"),
             Path::new("/w/target/cross"),
             env,
@@ -202,6 +220,17 @@ mod tests {
             built_dll(Path::new("/t")),
             Path::new("/t/x86_64-pc-windows-msvc/release/iotally.dll")
         );
+    }
+
+    #[test]
+    fn clippy_denies_warnings_with_the_same_recipe() {
+        let build = invocation(Task::Build, Path::new("/w"), Path::new("/t"), [], None);
+        let clippy = invocation(Task::Clippy, Path::new("/w"), Path::new("/t"), [], None);
+        assert_eq!(build.args[0], "build");
+        assert_eq!(clippy.args[0], "clippy");
+        assert_eq!(clippy.args[1..build.args.len()], build.args[1..]);
+        assert_eq!(clippy.args[build.args.len()..], ["--", "-D", "warnings"]);
+        assert_eq!(clippy.set, build.set);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `cargo xtask package`: installs Debian's toolchain if missing, cross-builds `iotally.sys` for
 //!   64-bit Windows, writes `target/package/iotally.sys` and `iotally.inf`, verifies the image and
 //!   prints a report. Exits non-zero if anything fails.
+//! - `cargo xtask clippy`: clippy (`-D warnings`) over the cross build, which lints the Windows-only
+//!   code that host clippy never compiles.
 //! - `cargo xtask verify <image.sys>`: verifies and reports on any x64 kernel driver image.
 
 use std::env;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use xtask::cross::{self, Invocation};
+use xtask::cross::{self, Invocation, Task};
 use xtask::pe_check::{self, Policy};
 use xtask::stamp::{self, Date};
 use xtask::toolchain;
@@ -20,7 +22,8 @@ use xtask::toolchain;
 /// An error message for the user; the task fails with it.
 type Result<T> = std::result::Result<T, String>;
 
-const USAGE: &str = "usage: cargo xtask package | cargo xtask verify <image.sys>";
+const USAGE: &str =
+    "usage: cargo xtask package | cargo xtask clippy | cargo xtask verify <image.sys>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["package"] => package(),
+        ["clippy"] => clippy(),
         ["verify", path] => verify_file(Path::new(path), &Policy::KERNEL_DRIVER),
         _ => Err(USAGE.to_owned()),
     };
@@ -56,7 +60,8 @@ fn package() -> Result<()> {
     ensure_toolchain()?;
 
     let cross_dir = root.join("target").join("cross");
-    let invocation = cross::build_invocation(
+    let invocation = cross::invocation(
+        Task::Build,
         &root,
         &cross_dir,
         env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
@@ -81,6 +86,20 @@ fn package() -> Result<()> {
     println!("xtask: wrote {} and {}", sys.display(), inf.display());
 
     verify_file(&sys, &Policy::IOTALLY)
+}
+
+/// Clippy over the cross build, so that Windows-only code (`cfg(windows)`, the runtime) is linted
+/// as the host build's clippy lints the rest.
+fn clippy() -> Result<()> {
+    let root = workspace_root();
+    ensure_toolchain()?;
+    run(&cross::invocation(
+        Task::Clippy,
+        &root,
+        &root.join("target").join("cross-clippy"),
+        env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+        env::var_os("PATH"),
+    ))
 }
 
 /// The Debian packages the cross build needs that are not installed (or too old).

@@ -24,8 +24,9 @@ pub const RUSTC: &str = "/usr/bin/rustc";
 /// LLVM's MSVC-compatible linker.
 pub const LLD_LINK: &str = "/usr/bin/lld-link-22";
 
-/// Everything `cargo xtask package` needs, in the order `apt-get` is given them.
-pub const REQUIREMENTS: [Requirement; 5] = [
+/// Everything `cargo xtask package` and `cargo xtask clippy` need, in the order `apt-get` is given
+/// them.
+pub const REQUIREMENTS: [Requirement; 6] = [
     Requirement {
         package: "rustc-web",
         path: RUSTC,
@@ -49,6 +50,11 @@ pub const REQUIREMENTS: [Requirement; 5] = [
     Requirement {
         package: "llvm-22",
         path: "/usr/bin/llvm-objdump-22",
+        versioned: false,
+    },
+    Requirement {
+        package: "rust-web-clippy",
+        path: "/usr/bin/cargo-clippy",
         versioned: false,
     },
 ];
@@ -138,7 +144,7 @@ mod tests {
         assert_eq!(all.len(), REQUIREMENTS.len());
         assert_eq!(
             apt_command(&all),
-            "apt-get update && apt-get install -y rustc-web cargo-web rust-web-src lld-22 llvm-22"
+            "apt-get update && apt-get install -y rustc-web cargo-web rust-web-src lld-22 llvm-22 rust-web-clippy"
         );
     }
 

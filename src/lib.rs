@@ -19,6 +19,14 @@ pub mod log;
 pub mod pool;
 #[cfg(all(windows, not(feature = "wdk")))]
 mod runtime;
+
+// The WDK build's runtime: wdk-panic's panic handler and wdk-alloc's (nonpaged, tag "rust") global
+// allocator. The cross build (no `wdk` feature) has its own equivalents in `runtime`.
+#[cfg(all(windows, feature = "wdk"))]
+extern crate wdk_panic;
+#[cfg(all(windows, feature = "wdk"))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
 pub mod sync;
 pub mod table;
 

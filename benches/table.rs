@@ -43,8 +43,11 @@ fn filled_table(max: usize, files: u128) -> Table<PagedPool> {
 
 fn bench_table(c: &mut Criterion) {
     let _sim = fltsim::Sim::new();
-    let lock = PushLock::try_pin_in(filled_table(DEFAULT_MAX_ENTRIES, FILES), PagedPool::new(tags::PUSH_LOCK))
-        .expect("pool");
+    let lock = PushLock::try_pin_in(
+        filled_table(DEFAULT_MAX_ENTRIES, FILES),
+        PagedPool::new(tags::PUSH_LOCK),
+    )
+    .expect("pool");
     let baseline: RwLock<HashMap<u128, Counters>> =
         RwLock::new((0..FILES).map(|id| (id, Counters::default())).collect());
     let mut next = 0_u128;
@@ -53,7 +56,8 @@ fn bench_table(c: &mut Criterion) {
     io.bench_function("iotally PushLock<Table>", |b| {
         b.iter(|| {
             next = (next + 7) % FILES;
-            lock.read().record_io(FileKey(black_box(next)), Io::Read, 4096, 2)
+            lock.read()
+                .record_io(FileKey(black_box(next)), Io::Read, 4096, 2)
         });
     });
     io.bench_function("baseline std RwLock<HashMap>", |b| {

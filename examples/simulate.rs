@@ -45,10 +45,46 @@ struct Scenario {
 }
 
 const SCENARIOS: [Scenario; 4] = [
-    Scenario { label: "build", volume: 0, dir: r"\src\kernel", extension: "rs", files: 400, read_size: 8192, write_size: 4096, writes_in_ten: 1 },
-    Scenario { label: "logs", volume: 0, dir: r"\Windows\Logs", extension: "log", files: 12, read_size: 512, write_size: 256, writes_in_ten: 9 },
-    Scenario { label: "database", volume: 1, dir: r"\db", extension: "mdf", files: 6, read_size: 65_536, write_size: 16_384, writes_in_ten: 3 },
-    Scenario { label: "photos", volume: 2, dir: r"\DCIM\100CANON", extension: "jpg", files: 900, read_size: 32_768, write_size: 1_048_576, writes_in_ten: 5 },
+    Scenario {
+        label: "build",
+        volume: 0,
+        dir: r"\src\kernel",
+        extension: "rs",
+        files: 400,
+        read_size: 8192,
+        write_size: 4096,
+        writes_in_ten: 1,
+    },
+    Scenario {
+        label: "logs",
+        volume: 0,
+        dir: r"\Windows\Logs",
+        extension: "log",
+        files: 12,
+        read_size: 512,
+        write_size: 256,
+        writes_in_ten: 9,
+    },
+    Scenario {
+        label: "database",
+        volume: 1,
+        dir: r"\db",
+        extension: "mdf",
+        files: 6,
+        read_size: 65_536,
+        write_size: 16_384,
+        writes_in_ten: 3,
+    },
+    Scenario {
+        label: "photos",
+        volume: 2,
+        dir: r"\DCIM\100CANON",
+        extension: "jpg",
+        files: 900,
+        read_size: 32_768,
+        write_size: 1_048_576,
+        writes_in_ten: 5,
+    },
 ];
 
 fn main() {
@@ -61,13 +97,41 @@ fn main() {
     let status = sim.load("iotally", iotally::DriverEntry);
     assert_eq!(status, 0, "DriverEntry failed: {status:#x}");
     let volumes = [
-        ("C:", sim.add_volume(VolumeSpec::new(r"\Device\HarddiskVolume2", FileSystem::Ntfs))),
-        ("D:", sim.add_volume(VolumeSpec::new(r"\Device\HarddiskVolume3", FileSystem::Refs))),
-        ("E:", sim.add_volume(VolumeSpec::new(r"\Device\HarddiskVolume4", FileSystem::ExFat))),
-        ("Z:", sim.add_volume(VolumeSpec::new(r"\Device\Mup\fileserver\share", FileSystem::Network))),
+        (
+            "C:",
+            sim.add_volume(VolumeSpec::new(
+                r"\Device\HarddiskVolume2",
+                FileSystem::Ntfs,
+            )),
+        ),
+        (
+            "D:",
+            sim.add_volume(VolumeSpec::new(
+                r"\Device\HarddiskVolume3",
+                FileSystem::Refs,
+            )),
+        ),
+        (
+            "E:",
+            sim.add_volume(VolumeSpec::new(
+                r"\Device\HarddiskVolume4",
+                FileSystem::ExFat,
+            )),
+        ),
+        (
+            "Z:",
+            sim.add_volume(VolumeSpec::new(
+                r"\Device\Mup\fileserver\share",
+                FileSystem::Network,
+            )),
+        ),
     ];
     for (letter, volume) in volumes {
-        let attached = if sim.instance(volume).is_some() { "attached" } else { "not attached (policy)" };
+        let attached = if sim.instance(volume).is_some() {
+            "attached"
+        } else {
+            "not attached (policy)"
+        };
         println!("{letter} {attached}");
     }
     for scenario in &SCENARIOS {
@@ -119,10 +183,15 @@ fn run(sim: &Sim, volumes: &[Volume], ops: u64) {
 
 fn progress(done: u64, total: u64, elapsed: Duration) {
     const WIDTH: u64 = 40;
-    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH).min(WIDTH);
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
     #[allow(clippy::cast_precision_loss)] // a display figure
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
-    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
     eprint!("\r[{bar}] {done:>7}/{total} I/O operations  {rate:>9.0} op/s");
     let _ = std::io::stderr().flush();
 }
@@ -135,7 +204,10 @@ fn worker(sim: &Sim, volumes: &[Volume], thread: u64, ops: u64, done: &AtomicU64
         let scenario = &SCENARIOS[usize::try_from(rng.next() % 4).unwrap_or(0)];
         let volume = volumes[scenario.volume];
         let file = rng.skewed(scenario.files);
-        let path = format!(r"{}\{}-{file:04}.{}", scenario.dir, scenario.label, scenario.extension);
+        let path = format!(
+            r"{}\{}-{file:04}.{}",
+            scenario.dir, scenario.label, scenario.extension
+        );
         let Ok(mut handle) = sim.open(volume, &path, OpenOptions::create()) else {
             continue;
         };
@@ -165,7 +237,11 @@ fn print_instance(sim: &Sim, letter: &str, volume: Volume) {
             .iter()
             .map(|(_, tally)| (String::from_utf16_lossy(tally.name()), tally.counts()))
             .collect();
-        (String::from_utf16_lossy(view.volume_name()), view.table().stats(), rows)
+        (
+            String::from_utf16_lossy(view.volume_name()),
+            view.table().stats(),
+            rows,
+        )
     }) else {
         return;
     };
@@ -206,5 +282,9 @@ fn human(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

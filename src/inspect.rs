@@ -43,6 +43,9 @@ pub fn with_instance<R>(
 ) -> Option<R> {
     let context = crate::filter::instance_context(instance)?;
     let table = context.tallies().read();
-    let view = InstanceView { volume_name: context.volume_name(), table: &table };
+    let view = InstanceView {
+        volume_name: context.volume_name(),
+        table: &table,
+    };
     Some(visit(&view))
 }

@@ -17,8 +17,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec;
-use hashbrown::HashMap;
 use hashbrown::DefaultHashBuilder;
+use hashbrown::HashMap;
 
 /// The default bound on entries per instance: 4096 files.
 ///
@@ -336,8 +336,14 @@ mod tests {
     #[test]
     fn open_then_io_accumulates() {
         let mut table = Table::new_in(8, Global);
-        assert_eq!(table.record_open(FileKey(1), &utf16("\\a.txt"), 10), OpenOutcome::Inserted);
-        assert_eq!(table.record_open(FileKey(1), &utf16("\\renamed.txt"), 20), OpenOutcome::Hit);
+        assert_eq!(
+            table.record_open(FileKey(1), &utf16("\\a.txt"), 10),
+            OpenOutcome::Inserted
+        );
+        assert_eq!(
+            table.record_open(FileKey(1), &utf16("\\renamed.txt"), 20),
+            OpenOutcome::Hit
+        );
         assert!(table.record_io(FileKey(1), Io::Read, 100, 30));
         assert!(table.record_io(FileKey(1), Io::Write, 7, 40));
         assert!(!table.record_io(FileKey(2), Io::Read, 1, 50));
@@ -357,7 +363,13 @@ mod tests {
         );
         assert_eq!(
             table.stats(),
-            StatsSnapshot { inserts: 1, hits: 3, misses: 1, evictions: 0, allocation_failures: 0 }
+            StatsSnapshot {
+                inserts: 1,
+                hits: 3,
+                misses: 1,
+                evictions: 0,
+                allocation_failures: 0
+            }
         );
     }
 
@@ -394,7 +406,10 @@ mod tests {
         table.record_open(FileKey(9), &utf16("big"), 0);
         table.record_io(FileKey(9), Io::Write, u64::MAX - 1, 1);
         table.record_io(FileKey(9), Io::Write, 5, 2);
-        assert_eq!(table.get(FileKey(9)).unwrap().counts().bytes_written, u64::MAX);
+        assert_eq!(
+            table.get(FileKey(9)).unwrap().counts().bytes_written,
+            u64::MAX
+        );
     }
 
     #[test]
@@ -402,6 +417,9 @@ mod tests {
         let mut table = Table::new_in(1, Global);
         let long: std::vec::Vec<u16> = (0..1000u16).collect();
         table.record_open(FileKey(1), &long, 0);
-        assert_eq!(table.get(FileKey(1)).unwrap().name(), &long[1000 - MAX_NAME_UNITS..]);
+        assert_eq!(
+            table.get(FileKey(1)).unwrap().name(),
+            &long[1000 - MAX_NAME_UNITS..]
+        );
     }
 }

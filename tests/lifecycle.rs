@@ -112,17 +112,27 @@ fn max_entries_comes_from_the_registry() {
         (Some(Value::Dword(0)), iotally::table::DEFAULT_MAX_ENTRIES),
         (Some(Value::Dword(7)), 7),
         (Some(Value::Dword(u32::MAX)), 1 << 20),
-        (Some(Value::String("12".into())), iotally::table::DEFAULT_MAX_ENTRIES),
+        (
+            Some(Value::String("12".into())),
+            iotally::table::DEFAULT_MAX_ENTRIES,
+        ),
     ] {
         let sim = Sim::new();
         if let Some(value) = value.clone() {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", value);
         }
         assert_eq!(sim.load("iotally", iotally::DriverEntry), STATUS_SUCCESS);
-        let c = sim.add_volume(fltsim::VolumeSpec::new(r"\Device\HarddiskVolume2", FileSystem::Ntfs));
-        let max = iotally::inspect::with_instance(sim.instance(c).unwrap(), |v| v.table().max_entries());
+        let c = sim.add_volume(fltsim::VolumeSpec::new(
+            r"\Device\HarddiskVolume2",
+            FileSystem::Ntfs,
+        ));
+        let max =
+            iotally::inspect::with_instance(sim.instance(c).unwrap(), |v| v.table().max_entries());
         assert_eq!(max, Some(expected), "for {value:?}");
-        assert!(registry::open_handles().is_empty(), "registry handles leaked");
+        assert!(
+            registry::open_handles().is_empty(),
+            "registry handles leaked"
+        );
         assert_eq!(sim.unload(false), STATUS_SUCCESS);
         sim.verifier_report().assert_clean();
     }

@@ -47,7 +47,10 @@ fn concurrent_readers_and_writers_give_exact_totals() {
             "{f}"
         );
     }
-    assert_eq!(tallies.len(), 4 + usize::try_from(THREADS * ROUNDS / 50).unwrap());
+    assert_eq!(
+        tallies.len(),
+        4 + usize::try_from(THREADS * ROUNDS / 50).unwrap()
+    );
     assert_eq!(t.stats(c).allocation_failures, 0);
     t.unload_clean();
 }
@@ -57,7 +60,10 @@ fn eviction_keeps_the_bound_and_keeps_the_recent_files() {
     let t = Loaded::with_max_entries(Some(16));
     let c = t.volume(2, FileSystem::Ntfs);
     for i in 0..100 {
-        let mut h = t.sim.open(c, &format!(r"\f{i:03}"), OpenOptions::create()).unwrap();
+        let mut h = t
+            .sim
+            .open(c, &format!(r"\f{i:03}"), OpenOptions::create())
+            .unwrap();
         h.write(1, 0);
         assert_eq!(h.close(), 0);
     }
@@ -92,12 +98,20 @@ fn io_on_an_evicted_file_is_a_miss_until_it_is_reopened() {
 /// Runs a workload with every allocation failing at `per_mille`, then checks nothing leaked.
 fn workload_under_failures(per_mille: u32, seed: u64) {
     let t = Loaded::with_max_entries(Some(64));
-    pool::set_fault_injection(FaultPlan::Rate { per_mille, seed, tag: None });
+    pool::set_fault_injection(FaultPlan::Rate {
+        per_mille,
+        seed,
+        tag: None,
+    });
     let volumes = [t.volume(2, FileSystem::Ntfs), t.volume(3, FileSystem::Refs)];
     for (n, &v) in volumes.iter().enumerate() {
         for i in 0..200 {
             let name = format!(r"\v{n}\file{}", i % 80);
-            if i < 80 && t.sim.open(v, &format!(r"\v{n}"), OpenOptions::directory()).is_err() {
+            if i < 80
+                && t.sim
+                    .open(v, &format!(r"\v{n}"), OpenOptions::directory())
+                    .is_err()
+            {
                 continue;
             }
             if let Ok(mut h) = t.sim.open(v, &name, OpenOptions::create()) {
@@ -112,7 +126,10 @@ fn workload_under_failures(per_mille: u32, seed: u64) {
             assert!(tallies.len() <= 64);
         }
     }
-    assert!(per_mille == 0 || pool::injected_failures() > 0, "the plan injected nothing");
+    assert!(
+        per_mille == 0 || pool::injected_failures() > 0,
+        "the plan injected nothing"
+    );
     pool::set_fault_injection(FaultPlan::Off);
     t.unload_clean();
 }
@@ -155,6 +172,9 @@ fn failed_table_allocations_are_counted_and_drop_only_that_tally() {
     assert_eq!(totals(&tallies[r"\kept"]), (2, 1, 0, 1, 0));
     let stats = t.stats(c);
     assert!(stats.allocation_failures >= 1, "{stats:?}");
-    assert_eq!(stats.misses, 0, "an untallied file gets no stream context: its I/O is not looked up");
+    assert_eq!(
+        stats.misses, 0,
+        "an untallied file gets no stream context: its I/O is not looked up"
+    );
     t.unload_clean();
 }

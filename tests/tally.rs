@@ -54,7 +54,11 @@ fn reopen_accumulates_and_rename_does_not_split_a_file() {
 
     let tallies = t.tallies(c).unwrap();
     assert_eq!(tallies.len(), 1, "one file, one entry: {tallies:?}");
-    assert_eq!(totals(&tallies[r"\old.txt"]), (4, 1, 3, 5, 30), "kept under its first name");
+    assert_eq!(
+        totals(&tallies[r"\old.txt"]),
+        (4, 1, 3, 5, 30),
+        "kept under its first name"
+    );
     t.unload_clean();
 }
 
@@ -70,7 +74,10 @@ fn handles_open_at_once_share_one_entry() {
     assert_eq!(first.close(), 0);
     second.read(3, 0);
     assert_eq!(second.close(), 0);
-    assert_eq!(totals(&t.tallies(c).unwrap()[r"\shared.dat"]), (2, 2, 1, 4, 2));
+    assert_eq!(
+        totals(&t.tallies(c).unwrap()[r"\shared.dat"]),
+        (2, 2, 1, 4, 2)
+    );
     t.unload_clean();
 }
 
@@ -94,7 +101,11 @@ fn paging_io_directories_volume_opens_and_failed_creates_are_not_tallied() {
 
     let tallies = t.tallies(c).unwrap();
     assert_eq!(tallies.len(), 1, "only the file: {tallies:?}");
-    assert_eq!(totals(&tallies[r"\mapped.dll"]), (1, 0, 0, 0, 0), "paging I/O is skipped");
+    assert_eq!(
+        totals(&tallies[r"\mapped.dll"]),
+        (1, 0, 0, 0, 0),
+        "paging I/O is skipped"
+    );
     t.unload_clean();
 }
 

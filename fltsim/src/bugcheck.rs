@@ -28,10 +28,9 @@ pub fn expect_bugcheck(expected: &str, body: impl FnOnce()) {
         std::process::exit(0);
     }
     let thread = std::thread::current();
-    let name = thread
-        .name()
-        .filter(|name| *name != "main")
-        .expect("expect_bugcheck must run in a test thread named after the test (libtest's default)");
+    let name = thread.name().filter(|name| *name != "main").expect(
+        "expect_bugcheck must run in a test thread named after the test (libtest's default)",
+    );
     let exe = std::env::current_exe().expect("the test binary's path");
     let output = Command::new(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])

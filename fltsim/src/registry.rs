@@ -41,7 +41,10 @@ impl Value {
             Self::Qword(v) => (REG_QWORD, v.to_le_bytes().to_vec()),
             Self::String(s) => (
                 REG_SZ,
-                s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect(),
+                s.encode_utf16()
+                    .chain([0])
+                    .flat_map(u16::to_le_bytes)
+                    .collect(),
             ),
             Self::Binary(b) => (REG_BINARY, b.clone()),
         }
@@ -60,7 +63,9 @@ struct Registry {
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
-    let mut guard = REGISTRY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(guard.get_or_insert_with(Registry::default))
 }
 
@@ -104,14 +109,21 @@ unsafe fn read_unicode(string: *const UNICODE_STRING) -> Option<String> {
         return None;
     }
     // SAFETY: a valid UNICODE_STRING describes `Length` readable bytes at `Buffer`.
-    let units = unsafe { std::slice::from_raw_parts(string.Buffer, usize::from(string.Length / 2)) };
+    let units =
+        unsafe { std::slice::from_raw_parts(string.Buffer, usize::from(string.Length / 2)) };
     Some(String::from_utf16_lossy(units))
 }
 
 fn key_of(registry: &Registry, handle: HANDLE, routine: &str) -> String {
-    registry.handles.get(&(handle as usize)).cloned().unwrap_or_else(|| {
-        panic!("fltsim: INVALID_KERNEL_HANDLE: {routine} on handle {handle:p}, which is not open")
-    })
+    registry
+        .handles
+        .get(&(handle as usize))
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "fltsim: INVALID_KERNEL_HANDLE: {routine} on handle {handle:p}, which is not open"
+            )
+        })
 }
 
 /// `ZwOpenKey`: opens an existing key by its full path (`PASSIVE_LEVEL`).
@@ -180,7 +192,11 @@ pub unsafe extern "system" fn ZwQueryValueKey(
     };
     let value = with(|registry| {
         let key = key_of(registry, key_handle, "ZwQueryValueKey");
-        registry.keys.get(&key).and_then(|values| values.get(&name.to_lowercase())).cloned()
+        registry
+            .keys
+            .get(&key)
+            .and_then(|values| values.get(&name.to_lowercase()))
+            .cloned()
     });
     let Some(value) = value else {
         return STATUS_OBJECT_NAME_NOT_FOUND;
@@ -240,6 +256,9 @@ const _: [unsafe extern "system" fn(
     *mut core::ffi::c_void,
     u32,
     *mut u32,
-) -> NTSTATUS; 2] = [ZwQueryValueKey, windows_sys::Wdk::System::Registry::ZwQueryValueKey];
+) -> NTSTATUS; 2] = [
+    ZwQueryValueKey,
+    windows_sys::Wdk::System::Registry::ZwQueryValueKey,
+];
 const _: [unsafe extern "system" fn(HANDLE) -> NTSTATUS; 2] =
     [ZwClose, windows_sys::Wdk::System::SystemServices::ZwClose];

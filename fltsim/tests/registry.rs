@@ -23,7 +23,11 @@ impl Utf16 {
     }
     fn unicode(&mut self) -> UNICODE_STRING {
         let bytes = u16::try_from(self.0.len() * 2).unwrap();
-        UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: self.0.as_mut_ptr() }
+        UNICODE_STRING {
+            Length: bytes,
+            MaximumLength: bytes,
+            Buffer: self.0.as_mut_ptr(),
+        }
     }
 }
 
@@ -66,21 +70,36 @@ fn query(handle: HANDLE, value: &str, buffer: &mut [u8]) -> (NTSTATUS, u32) {
 fn dword_round_trips_and_sizes_follow_the_contract() {
     let _sim = fltsim::Sim::new();
     registry::set_value(KEY, "MaxEntries", Value::Dword(77));
-    let (status, handle) = open(&KEY.to_uppercase(), OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE);
+    let (status, handle) = open(
+        &KEY.to_uppercase(),
+        OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE,
+    );
     assert_eq!(status, STATUS_SUCCESS);
     assert_eq!(registry::open_handles().len(), 1);
 
     let header = std::mem::offset_of!(KEY_VALUE_PARTIAL_INFORMATION, Data);
     let mut tiny = [0u8; 4];
-    assert_eq!(query(handle, "maxentries", &mut tiny), (STATUS_BUFFER_TOO_SMALL, 16));
+    assert_eq!(
+        query(handle, "maxentries", &mut tiny),
+        (STATUS_BUFFER_TOO_SMALL, 16)
+    );
     let mut short = vec![0u8; header];
-    assert_eq!(query(handle, "MaxEntries", &mut short), (STATUS_BUFFER_OVERFLOW, 16));
+    assert_eq!(
+        query(handle, "MaxEntries", &mut short),
+        (STATUS_BUFFER_OVERFLOW, 16)
+    );
     let mut full = vec![0u8; 16];
     assert_eq!(query(handle, "MaxEntries", &mut full), (STATUS_SUCCESS, 16));
-    assert_eq!(u32::from_le_bytes(full[4..8].try_into().unwrap()), REG_DWORD);
+    assert_eq!(
+        u32::from_le_bytes(full[4..8].try_into().unwrap()),
+        REG_DWORD
+    );
     assert_eq!(u32::from_le_bytes(full[8..12].try_into().unwrap()), 4);
     assert_eq!(u32::from_le_bytes(full[12..16].try_into().unwrap()), 77);
-    assert_eq!(query(handle, "Missing", &mut full).0, STATUS_OBJECT_NAME_NOT_FOUND);
+    assert_eq!(
+        query(handle, "Missing", &mut full).0,
+        STATUS_OBJECT_NAME_NOT_FOUND
+    );
 
     // SAFETY: `handle` is open.
     assert_eq!(unsafe { ZwClose(handle) }, STATUS_SUCCESS);
@@ -129,5 +148,8 @@ fn open_above_passive_is_caught() {
 #[test]
 fn expect_bugcheck_fails_when_nothing_breaks() {
     let outcome = std::panic::catch_unwind(|| expect_bugcheck("anything", || {}));
-    assert!(outcome.is_err(), "a body that returns must fail the death test");
+    assert!(
+        outcome.is_err(),
+        "a body that returns must fail the death test"
+    );
 }

@@ -16,7 +16,10 @@ use windows_sys::Wdk::System::Registry::KEY_VALUE_INFORMATION_CLASS;
 use windows_sys::Win32::Foundation::{HANDLE, NTSTATUS, UNICODE_STRING};
 use windows_sys::core::PCSTR;
 
-#[cfg_attr(windows, link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim"))]
+#[cfg_attr(
+    windows,
+    link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+)]
 unsafe extern "system" {
     /// `vDbgPrintEx`: prints `format` with the arguments in `arglist` (an x64 `va_list`: a pointer to
     /// consecutive 8-byte argument slots) to the kernel debugger, if the component's filter mask lets
@@ -45,8 +48,10 @@ unsafe extern "system" {
 }
 
 // Only the DLL differs from windows-sys: the signatures must stay the same.
-const _: [unsafe extern "system" fn(u32, u32, PCSTR, *const i8) -> u32; 2] =
-    [vDbgPrintEx, windows_sys::Wdk::System::SystemServices::vDbgPrintEx];
+const _: [unsafe extern "system" fn(u32, u32, PCSTR, *const i8) -> u32; 2] = [
+    vDbgPrintEx,
+    windows_sys::Wdk::System::SystemServices::vDbgPrintEx,
+];
 const _: [unsafe extern "system" fn(*mut HANDLE, u32, *const OBJECT_ATTRIBUTES) -> NTSTATUS; 2] =
     [ZwOpenKey, windows_sys::Wdk::System::Registry::ZwOpenKey];
 #[rustfmt::skip]

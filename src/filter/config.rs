@@ -75,9 +75,8 @@ fn read_dword(registry_path: *const UNICODE_STRING, value_name: &[u16]) -> Optio
         return None;
     }
     // SAFETY: a valid UNICODE_STRING describes `Length` bytes of UTF-16 at `Buffer`.
-    let service = unsafe {
-        core::slice::from_raw_parts(service.Buffer, usize::from(service.Length / 2))
-    };
+    let service =
+        unsafe { core::slice::from_raw_parts(service.Buffer, usize::from(service.Length / 2)) };
     let mut path = [0u16; PATH_UNITS];
     let total = service.len() + PARAMETERS.len();
     if total > PATH_UNITS {
@@ -92,7 +91,11 @@ fn read_dword(registry_path: *const UNICODE_STRING, value_name: &[u16]) -> Optio
 /// A `UNICODE_STRING` over `units` (which must outlive its use).
 fn unicode(units: &mut [u16]) -> Option<UNICODE_STRING> {
     let bytes = u16::try_from(units.len() * 2).ok()?;
-    Some(UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: units.as_mut_ptr() })
+    Some(UNICODE_STRING {
+        Length: bytes,
+        MaximumLength: bytes,
+        Buffer: units.as_mut_ptr(),
+    })
 }
 
 /// An open registry key, closed on drop.

@@ -40,7 +40,10 @@ impl<T: Context> ContextRef<T> {
     /// `raw` must be a context of type `T::TYPE` on which the caller owns one reference, and its memory
     /// must hold an initialized `T`.
     pub(crate) unsafe fn from_raw(raw: PFLT_CONTEXT) -> Option<Self> {
-        NonNull::new(raw.cast::<T>()).map(|raw| Self { raw, _owns: PhantomData })
+        NonNull::new(raw.cast::<T>()).map(|raw| Self {
+            raw,
+            _owns: PhantomData,
+        })
     }
 
     /// The raw context, still owned by `self`.

@@ -123,14 +123,13 @@ fn is_writable(volume: PFLT_VOLUME) -> bool {
     let mut writable = false;
     // SAFETY: `volume` comes from the setup callback's related objects; `writable` is a valid out
     // pointer. FltIsVolumeWritable takes any Filter Manager object (a volume here).
-    let status = unsafe { FltIsVolumeWritable(volume as *const core::ffi::c_void, &raw mut writable) };
+    let status =
+        unsafe { FltIsVolumeWritable(volume as *const core::ffi::c_void, &raw mut writable) };
     status >= 0 && writable
 }
 
 /// Reads the volume's name into paged pool.
-fn volume_name(
-    volume: PFLT_VOLUME,
-) -> Result<allocator_api2::vec::Vec<u16, PagedPool>, NTSTATUS> {
+fn volume_name(volume: PFLT_VOLUME) -> Result<allocator_api2::vec::Vec<u16, PagedPool>, NTSTATUS> {
     let mut needed: u32 = 0;
     // SAFETY: a null name asks only for the size needed, which is written to `needed`.
     let status = unsafe { FltGetVolumeName(volume, ptr::null_mut(), &raw mut needed) };

@@ -12,19 +12,19 @@ use core::ptr;
 use windows_sys::Wdk::Foundation::{FILE_OBJECT, PagedPool};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_FILE_NAME_INFORMATION, FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_OPENED,
-    FLT_FILE_NAME_QUERY_DEFAULT, FLT_POSTOP_CALLBACK_STATUS,
-    FLT_POSTOP_FINISHED_PROCESSING, FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK,
-    FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT,
-    FLTFL_POST_OPERATION_DRAINING, FltAllocateContext, FltGetFileNameInformation,
-    FltQueryInformationFile, FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT,
-    PFLT_INSTANCE,
+    FLT_FILE_NAME_QUERY_DEFAULT, FLT_POSTOP_CALLBACK_STATUS, FLT_POSTOP_FINISHED_PROCESSING,
+    FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK, FLT_RELATED_OBJECTS,
+    FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_POST_OPERATION_DRAINING,
+    FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
+    FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT, PFLT_INSTANCE,
 };
 use windows_sys::Wdk::Storage::FileSystem::{
     FILE_ID_INFORMATION, FILE_INFORMATION_CLASS, FILE_INTERNAL_INFORMATION,
-    FILE_STANDARD_INFORMATION, FileIdInformation, FileInternalInformation,
-    FileStandardInformation,
+    FILE_STANDARD_INFORMATION, FileIdInformation, FileInternalInformation, FileStandardInformation,
 };
-use windows_sys::Wdk::System::SystemServices::{FO_VOLUME_OPEN, IRP_PAGING_IO, KeQuerySystemTimePrecise};
+use windows_sys::Wdk::System::SystemServices::{
+    FO_VOLUME_OPEN, IRP_PAGING_IO, KeQuerySystemTimePrecise,
+};
 use windows_sys::Win32::Foundation::STATUS_REPARSE;
 
 use super::context::{self, Context, ContextRef};
@@ -91,7 +91,8 @@ pub(super) unsafe extern "system" fn post_create(
 /// Tallies a successful open of a file (not a directory): the file-system queries run first,
 /// without any lock held, then the table is updated under the exclusive lock.
 fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const FILE_OBJECT) {
-    let Some(standard) = query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)
+    let Some(standard) =
+        query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)
     else {
         return;
     };
@@ -106,7 +107,10 @@ fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const F
     };
     let name = FileName::get(data);
     let now = now();
-    let outcome = table_owner.tallies().write().record_open(key, name.units(), now);
+    let outcome = table_owner
+        .tallies()
+        .write()
+        .record_open(key, name.units(), now);
     drop(name);
     if outcome == crate::table::OpenOutcome::AllocationFailed {
         return;
@@ -218,7 +222,10 @@ fn attach_stream_context(instance: PFLT_INSTANCE, file: *const FILE_OBJECT, key:
         return;
     }
     #[allow(clippy::cast_possible_truncation)]
-    let value = StreamContext { key_low: key.0 as u64, key_high: (key.0 >> 64) as u64 };
+    let value = StreamContext {
+        key_low: key.0 as u64,
+        key_high: (key.0 >> 64) as u64,
+    };
     // SAFETY: fresh context memory of StreamContext's size, aligned for it (pool alignment); written
     // before the context is published or released.
     unsafe { ptr::write(raw.cast::<StreamContext>(), value) };
@@ -275,7 +282,8 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     if irp_flags & IRP_PAGING_IO != 0 || objects.FileObject.is_null() {
         return;
     }
-    let Some(stream) = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
+    let Some(stream) =
+        context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
     else {
         return;
     };
@@ -284,5 +292,8 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
     };
-    owner.tallies().read().record_io(key, io, u64::from(length), now());
+    owner
+        .tallies()
+        .read()
+        .record_io(key, io, u64::from(length), now());
 }

@@ -31,8 +31,18 @@ unsafe impl Sync for Operations {}
 /// iotally for it (the cache manager's and memory manager's I/O is not what a user asked for).
 static OPERATIONS: Operations = Operations([
     operation(IRP_MJ_CREATE, 0, None, Some(operations::post_create)),
-    operation(IRP_MJ_READ, FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO, Some(operations::pre_read), None),
-    operation(IRP_MJ_WRITE, FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO, Some(operations::pre_write), None),
+    operation(
+        IRP_MJ_READ,
+        FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
+        Some(operations::pre_read),
+        None,
+    ),
+    operation(
+        IRP_MJ_WRITE,
+        FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
+        Some(operations::pre_write),
+        None,
+    ),
     #[allow(clippy::cast_possible_truncation)]
     operation(IRP_MJ_OPERATION_END as u32, 0, None, None),
 ]);

@@ -28,13 +28,18 @@ impl Loaded {
         if let Some(max) = max {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", Value::Dword(max));
         }
-        assert_eq!(sim.load("iotally", iotally::DriverEntry), 0, "DriverEntry fails");
+        assert_eq!(
+            sim.load("iotally", iotally::DriverEntry),
+            0,
+            "DriverEntry fails"
+        );
         Self { sim }
     }
 
     /// Adds a volume `\Device\HarddiskVolume<n>` with file system `fs`.
     pub fn volume(&self, n: u32, fs: FileSystem) -> Volume {
-        self.sim.add_volume(VolumeSpec::new(&format!(r"\Device\HarddiskVolume{n}"), fs))
+        self.sim
+            .add_volume(VolumeSpec::new(&format!(r"\Device\HarddiskVolume{n}"), fs))
     }
 
     /// The tallies of `volume`'s instance by file name (path relative to the volume), or `None` if
@@ -70,5 +75,11 @@ impl Loaded {
 
 /// `(opens, reads, writes, bytes_read, bytes_written)` of a tally.
 pub fn totals(counts: &Counts) -> (u64, u64, u64, u64, u64) {
-    (counts.opens, counts.reads, counts.writes, counts.bytes_read, counts.bytes_written)
+    (
+        counts.opens,
+        counts.reads,
+        counts.writes,
+        counts.bytes_read,
+        counts.bytes_written,
+    )
 }

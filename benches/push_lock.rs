@@ -53,7 +53,7 @@ fn bench_push_locks(c: &mut Criterion) {
 
     let mut exclusive = c.benchmark_group("exclusive acquire+release");
     exclusive.bench_function("PushLock::write", |b| {
-        b.iter(|| *black_box(&lock).write() += 1)
+        b.iter(|| *black_box(&lock).write() += 1);
     });
     exclusive.bench_function("FltAcquirePushLockExclusive direct", |b| {
         b.iter(|| {

@@ -143,15 +143,8 @@ fn read_irql() -> u8 {
 /// assert_at_most(Irql::APC, "Table::insert"); // at PASSIVE_LEVEL: fine
 /// ```
 ///
-/// ```
-/// # use fltsim as _;
-/// # let _sim = fltsim::Sim::new();
-/// use iotally::irql::{assert_at_most, Irql};
-/// let _raised = fltsim::irql::raise(fltsim::irql::DISPATCH_LEVEL);
-/// let caught = std::panic::catch_unwind(|| assert_at_most(Irql::APC, "Table::insert"));
-/// // Debug builds catch the violation; release builds do not check.
-/// assert_eq!(caught.is_err(), cfg!(debug_assertions));
-/// ```
+/// At `DISPATCH_LEVEL` the same call panics in a debug build of the driver (the unit tests of this
+/// module check both builds).
 #[inline]
 #[track_caller]
 pub fn assert_at_most(max: Irql, routine: &str) {
@@ -192,4 +185,41 @@ macro_rules! paged_code {
     ($routine:expr) => {
         $crate::irql::assert_at_most($crate::irql::Irql::APC, $routine)
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Irql, assert_at_most, current};
+    use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
+
+    #[test]
+    fn reads_the_simulated_irql() {
+        let _sim = fltsim::Sim::new();
+        assert_eq!(current(), Irql::PASSIVE);
+        let _apc = raise(APC_LEVEL);
+        assert_eq!(current(), Irql::APC);
+        assert_at_most(Irql::APC, "at APC_LEVEL");
+    }
+
+    /// Debug builds: the violation panics, naming the routine and both levels. Release builds: the
+    /// check is compiled away, so the same call returns.
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(
+            expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: Table::insert called at IRQL DISPATCH_LEVEL (2), its ceiling is APC_LEVEL (1)"
+        )
+    )]
+    fn above_the_ceiling_panics_in_debug_builds_only() {
+        let _sim = fltsim::Sim::new();
+        let _dispatch = raise(DISPATCH_LEVEL);
+        assert_at_most(Irql::APC, "Table::insert");
+    }
+
+    #[test]
+    fn levels_are_ordered_and_named() {
+        assert!(Irql::PASSIVE < Irql::APC && Irql::APC < Irql::DISPATCH);
+        assert_eq!(std::format!("{}", Irql::from_raw(2)), "DISPATCH_LEVEL (2)");
+        assert_eq!(std::format!("{}", Irql::from_raw(12)), "IRQL 12");
+    }
 }

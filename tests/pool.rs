@@ -1,17 +1,13 @@
 //! `iotally::pool` allocators through the simulated pool: accounting by tag, zero-size and
 //! over-aligned layouts, IRQL rules, and fallibility under fault injection (no panic, no leak).
 //!
-//! IRQL misuse runs on a thread of its own ([`misuse_on_own_thread`]), whose panic is intercepted by
-//! a panic hook and re-raised on the test's thread while the misuse thread is parked for good: in
-//! release builds fltsim catches the misuse by panicking inside `ExAllocatePool2`/`ExFreePoolWithTag`,
-//! and unwinding from there would cross the driver's non-unwinding windows-sys import (seen here: the
-//! destructors in between were skipped, the test's `Sim` was never dropped and the other tests waited
-//! for it forever).
+//! IRQL misuse runs in a child process ([`misuse_in_child`]): in release builds fltsim catches it by
+//! panicking inside `ExAllocatePool2`/`ExFreePoolWithTag`, and unwinding from there crosses the
+//! driver's non-unwinding windows-sys import (seen here: the destructors in between were skipped, the
+//! test's `Sim` was never dropped and the other tests waited for it forever; elsewhere the process
+//! aborted). The child prints the panic message before any unwinding; the parent raises it again.
 
 use core::alloc::Layout;
-use std::panic;
-use std::sync::{Mutex, Once, PoisonError};
-use std::thread;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
@@ -24,57 +20,28 @@ use iotally::sync::PushLock;
 
 const TEST_TAG: Tag = Tag::new(*b"ItT2");
 
-/// Name of the threads whose panics [`misuse_on_own_thread`] intercepts.
-const MISUSE_THREAD: &str = "iotally-misuse";
+/// Environment variable naming the one test a child process of [`misuse_in_child`] runs.
+const MISUSE_CHILD: &str = "IOTALLY_MISUSE_CHILD";
 
-/// Panic messages of misuse threads, with the thread that raised each.
-static CAUGHT: Mutex<Vec<(thread::ThreadId, String)>> = Mutex::new(Vec::new());
-
-/// Runs `misuse` on a thread of its own. If it panics, the message is recorded by a panic hook, that
-/// thread is parked for good (it never unwinds, see the module documentation), and the same message is
-/// raised here; if it returns, so does this.
-fn misuse_on_own_thread(misuse: impl FnOnce() + Send + 'static) {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = panic::take_hook();
-        panic::set_hook(std::boxed::Box::new(move |info| {
-            let me = thread::current();
-            if me.name() != Some(MISUSE_THREAD) {
-                return default(info);
-            }
-            let message = info
-                .payload_as_str()
-                .unwrap_or("(a panic without a message)");
-            CAUGHT
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((me.id(), message.to_owned()));
-            loop {
-                thread::park();
-            }
-        }));
-    });
-    let worker = thread::Builder::new()
-        .name(MISUSE_THREAD.to_owned())
-        .spawn(misuse)
-        .expect("spawn the misuse thread");
-    let id = worker.thread().id();
-    loop {
-        let caught = {
-            let mut caught = CAUGHT.lock().unwrap_or_else(PoisonError::into_inner);
-            caught
-                .iter()
-                .position(|(thread, _)| *thread == id)
-                .map(|at| caught.remove(at).1)
-        };
-        if let Some(message) = caught {
-            panic!("{message}");
-        }
-        if worker.is_finished() {
-            worker.join().expect("a misuse thread never unwinds");
-            return;
-        }
-        thread::yield_now();
+/// In the test named `test`: runs `misuse` in a child process (this binary, running only `test`),
+/// then panics here with the first panic message the child printed, or returns if it printed none.
+/// In that child: runs `misuse`. See the module documentation for why.
+fn misuse_in_child(test: &str, misuse: impl FnOnce()) {
+    if std::env::var(MISUSE_CHILD).is_ok_and(|name| name == test) {
+        misuse();
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MISUSE_CHILD, test)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut lines = stderr.lines();
+    if lines.any(|line| line.contains(" panicked at ")) {
+        let message = lines.next().unwrap_or("(a panic without a message)");
+        panic!("{message}");
     }
 }
 
@@ -228,8 +195,8 @@ fn paged_pool_works_at_apc_level() {
     )
 )]
 fn paged_allocation_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    misuse_on_own_thread(|| {
+    misuse_in_child("paged_allocation_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
         let _dispatch = raise(DISPATCH_LEVEL);
         let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
     });
@@ -249,9 +216,9 @@ fn paged_allocation_at_dispatch_level_is_caught() {
     )
 )]
 fn paged_free_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
-    misuse_on_own_thread(move || {
+    misuse_in_child("paged_free_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
         let _dispatch = raise(DISPATCH_LEVEL);
         drop(boxed);
     });

@@ -4,20 +4,20 @@
 //!
 //! Run both ways: `cargo test --test push_lock` and `cargo test --release --test push_lock`.
 //!
-//! Misuse runs on a thread of its own ([`misuse_on_own_thread`]), whose panic is intercepted by a
-//! panic hook and re-raised on the test's thread, while the misuse thread is parked for good instead
-//! of unwinding. In release builds it is fltsim that catches the misuse, by panicking inside the
-//! simulated routine, and unwinding from there would cross the driver's call of a windows-sys import,
-//! which Rust declares non-unwinding (`extern "system"`): seen here, that either skips the destructors
-//! in between (a test's `Sim` was never dropped and every later test waited for it) or aborts the
-//! process ("failed to initiate panic"). Locks used for misuse are leaked: the stranded thread may
-//! still hold them.
+//! Misuse runs in a child process ([`misuse_in_child`]): this test binary, re-run for that one test,
+//! whose first panic message is raised again in the parent for `should_panic` to check. In release
+//! builds it is fltsim that catches the misuse, by panicking inside the simulated routine, and
+//! unwinding from there crosses the driver's call of a windows-sys import, which Rust declares
+//! non-unwinding (`extern "system"`). Seen here: that either skips the destructors in between (a
+//! test's `Sim` was never dropped and every later test waited for it) or aborts the process ("failed
+//! to initiate panic"). A child process can do either without harming the other tests; the panic
+//! message is printed before any unwinding starts.
 
 use std::mem::size_of;
-use std::panic::{self, AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, Once, PoisonError};
+use std::sync::{Arc, Barrier};
 use std::thread;
 
 use allocator_api2::boxed::Box;
@@ -38,64 +38,29 @@ fn word<T>(lock: &PushLock<T>) -> usize {
     unsafe { AtomicUsize::from_ptr(lock.as_raw()) }.load(Ordering::SeqCst)
 }
 
-/// Name of the threads whose panics [`misuse_on_own_thread`] intercepts.
-const MISUSE_THREAD: &str = "iotally-misuse";
+/// Environment variable naming the one test a child process of [`misuse_in_child`] runs.
+const MISUSE_CHILD: &str = "IOTALLY_MISUSE_CHILD";
 
-/// Panic messages of misuse threads, with the thread that raised each.
-static CAUGHT: Mutex<Vec<(thread::ThreadId, String)>> = Mutex::new(Vec::new());
-
-/// Runs `misuse` on a thread of its own. If it panics, the message is recorded by a panic hook, that
-/// thread is parked for good (it never unwinds, see the module documentation), and the same message is
-/// raised here; if it returns, so does this.
-fn misuse_on_own_thread(misuse: impl FnOnce() + Send + 'static) {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = panic::take_hook();
-        panic::set_hook(std::boxed::Box::new(move |info| {
-            let me = thread::current();
-            if me.name() != Some(MISUSE_THREAD) {
-                return default(info);
-            }
-            let message = info
-                .payload_as_str()
-                .unwrap_or("(a panic without a message)");
-            CAUGHT
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((me.id(), message.to_owned()));
-            loop {
-                thread::park();
-            }
-        }));
-    });
-    let worker = thread::Builder::new()
-        .name(MISUSE_THREAD.to_owned())
-        .spawn(misuse)
-        .expect("spawn the misuse thread");
-    let id = worker.thread().id();
-    loop {
-        let caught = {
-            let mut caught = CAUGHT.lock().unwrap_or_else(PoisonError::into_inner);
-            caught
-                .iter()
-                .position(|(thread, _)| *thread == id)
-                .map(|at| caught.remove(at).1)
-        };
-        if let Some(message) = caught {
-            panic!("{message}");
-        }
-        if worker.is_finished() {
-            worker.join().expect("a misuse thread never unwinds");
-            return;
-        }
-        thread::yield_now();
+/// In the test named `test`: runs `misuse` in a child process (this binary, running only `test`),
+/// then panics here with the first panic message the child printed, or returns if it printed none.
+/// In that child: runs `misuse`. See the module documentation for why.
+fn misuse_in_child(test: &str, misuse: impl FnOnce()) {
+    if std::env::var(MISUSE_CHILD).is_ok_and(|name| name == test) {
+        misuse();
+        return;
     }
-}
-
-/// A lock that is never deleted: after misuse it may still be held, and deleting it would be a second
-/// violation (on the test's thread, after the first panic: an abort).
-fn leaked_lock<T: Send + Sync + 'static>(value: T) -> &'static PushLock<T> {
-    std::boxed::Box::leak(std::boxed::Box::new(new_lock(value)))
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MISUSE_CHILD, test)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut lines = stderr.lines();
+    if lines.any(|line| line.contains(" panicked at ")) {
+        let message = lines.next().unwrap_or("(a panic without a message)");
+        panic!("{message}");
+    }
 }
 
 /// Waits (yielding, no timeout) until `done()` holds.
@@ -257,9 +222,9 @@ fn guards_release_when_a_panic_unwinds() {
     should_panic(expected = "fltsim: push lock deadlock")
 )]
 fn recursive_exclusive_acquire_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("recursive_exclusive_acquire_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _outer = lock.write();
         let _inner = lock.write();
     });
@@ -277,9 +242,9 @@ fn recursive_exclusive_acquire_is_caught() {
     should_panic(expected = "fltsim: push lock deadlock")
 )]
 fn shared_to_exclusive_upgrade_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("shared_to_exclusive_upgrade_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _shared = lock.read();
         let _exclusive = lock.write();
     });
@@ -297,9 +262,9 @@ fn shared_to_exclusive_upgrade_is_caught() {
     should_panic(expected = "fltsim: push lock deadlock")
 )]
 fn shared_acquire_by_the_exclusive_holder_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("shared_acquire_by_the_exclusive_holder_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _exclusive = lock.write();
         let _shared = lock.read();
     });
@@ -319,15 +284,19 @@ fn shared_acquire_by_the_exclusive_holder_is_caught() {
     should_panic(expected = "fltsim: push lock deadlock")
 )]
 fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
-        let _first = lock.read();
-        // Stranded with the misuse thread's first shared hold, the writer waits for good.
-        thread::spawn(move || *lock.write() += 1);
-        wait_for_waiters(lock, 1, || false);
-        let _second = lock.read();
-    });
+    misuse_in_child(
+        "recursive_shared_acquire_with_a_waiting_writer_is_caught",
+        || {
+            let _sim = fltsim::Sim::new();
+            let lock: &'static PushLock<u32> =
+                std::boxed::Box::leak(std::boxed::Box::new(new_lock(0)));
+            let _first = lock.read();
+            // Not scoped: the writer must not keep the child alive if the first hold is stranded.
+            thread::spawn(move || *lock.write() += 1);
+            wait_for_waiters(lock, 1, || false);
+            let _second = lock.read();
+        },
+    );
 }
 
 /// Debug builds refuse a recursive shared acquire even with no writer waiting: it is a hang waiting
@@ -338,9 +307,9 @@ fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
     expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
 )]
 fn recursive_shared_acquire_is_caught_in_debug_builds() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("recursive_shared_acquire_is_caught_in_debug_builds", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _first = lock.read();
         let _second = lock.read();
     });
@@ -364,10 +333,14 @@ unsafe impl<G> Send for Smuggled<G> {}
     should_panic(expected = "by a thread that does not hold it")
 )]
 fn exclusive_release_on_another_thread_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    let smuggled = Smuggled(lock.write());
-    misuse_on_own_thread(move || drop(smuggled));
+    misuse_in_child("exclusive_release_on_another_thread_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
+        let smuggled = Smuggled(lock.write());
+        thread::scope(|s| {
+            s.spawn(move || drop(smuggled));
+        });
+    });
 }
 
 #[test]
@@ -382,10 +355,14 @@ fn exclusive_release_on_another_thread_is_caught() {
     should_panic(expected = "by a thread that does not hold it")
 )]
 fn shared_release_on_another_thread_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    let smuggled = Smuggled(lock.read());
-    misuse_on_own_thread(move || drop(smuggled));
+    misuse_in_child("shared_release_on_another_thread_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
+        let smuggled = Smuggled(lock.read());
+        thread::scope(|s| {
+            s.spawn(move || drop(smuggled));
+        });
+    });
 }
 
 #[test]
@@ -445,9 +422,9 @@ fn in_place_lock_in_pool_memory_is_deleted_by_drop_in_place() {
     )
 )]
 fn shared_acquire_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("shared_acquire_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);
         let _never = lock.read();
     });
@@ -467,9 +444,9 @@ fn shared_acquire_at_dispatch_level_is_caught() {
     )
 )]
 fn exclusive_acquire_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("exclusive_acquire_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);
         let _never = lock.write();
     });
@@ -487,9 +464,9 @@ fn exclusive_acquire_at_dispatch_level_is_caught() {
     should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2")
 )]
 fn release_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = leaked_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("release_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let guard = lock.write();
         let _dispatch = raise(DISPATCH_LEVEL);
         drop(guard);
@@ -508,9 +485,9 @@ fn release_at_dispatch_level_is_caught() {
     should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2")
 )]
 fn delete_at_dispatch_level_is_caught() {
-    let _sim = fltsim::Sim::new();
-    let lock = new_lock(0_u32);
-    misuse_on_own_thread(move || {
+    misuse_in_child("delete_at_dispatch_level_is_caught", || {
+        let _sim = fltsim::Sim::new();
+        let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);
         drop(lock);
     });

@@ -213,6 +213,8 @@ fn run(
     let paging = op.irp_flags & IRP_PAGING_IO != 0;
     let pre_irql = if paging { APC_LEVEL } else { PASSIVE_LEVEL };
     let mut completion_context: *mut c_void = std::ptr::null_mut();
+    // The filter may complete a pended operation from another thread before its pre-op returns.
+    world::with(|w| w.pended.insert(data as usize, None));
     let mut verdict = match filtering.pre {
         Some(pre) => call_at(pre_irql, "PreOperationCallback", || {
             // SAFETY: the driver's pre-op with callback data, related objects and a context slot
@@ -223,6 +225,15 @@ fn run(
     };
     if verdict == FLT_PREOP_PENDING {
         (verdict, completion_context) = wait_for_completion(data);
+    } else if world::with(|w| w.pended.remove(&(data as usize)))
+        .flatten()
+        .is_some()
+    {
+        violation(
+            "fltsim: FltCompletePendedPreOperation called for an operation whose pre-op did not \
+             return FLT_PREOP_PENDING"
+                .into(),
+        );
     }
     let mut synchronized = false;
     let wants_post = match verdict {
@@ -359,7 +370,6 @@ fn complete(
 /// The instance keeps counting the operation as active meanwhile, so a teardown waits for the
 /// filter to complete it (as Filter Manager's does).
 fn wait_for_completion(data: *mut FLT_CALLBACK_DATA) -> (FLT_PREOP_CALLBACK_STATUS, *mut c_void) {
-    world::with(|w| w.pended.insert(data as usize, None));
     let (status, context) = world::wait_for(|w| match w.pended.get(&(data as usize)) {
         Some(Some(done)) => {
             let done = *done;
@@ -572,7 +582,7 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
 }
 
 /// `FltCompletePendedPreOperation`: resumes an operation whose pre-op returned
-/// `FLT_PREOP_PENDING`. IRQL <= `DISPATCH_LEVEL`.
+/// `FLT_PREOP_PENDING` (possibly before that pre-op has returned). IRQL <= `DISPATCH_LEVEL`.
 ///
 /// # Safety
 /// `callbackdata` must be the pended operation's.

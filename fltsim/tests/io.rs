@@ -427,7 +427,9 @@ fn pended_pre_ops_resume_when_completed_from_another_thread() {
 }
 
 #[test]
-#[should_panic(expected = "fltsim: FltCompletePendedPreOperation: callback data")]
+#[should_panic(
+    expected = "fltsim: FltCompletePendedPreOperation called for an operation whose pre-op did not return FLT_PREOP_PENDING"
+)]
 fn completing_an_operation_that_is_not_pended_is_a_violation() {
     let sim = Sim::new();
     let volume = start(
@@ -451,6 +453,49 @@ fn completing_an_operation_that_is_not_pended_is_a_violation() {
     drop(sim.open(volume, r"\a.txt", OpenOptions::open()));
 }
 
+#[test]
+#[should_panic(expected = "is not a pended operation (not pended, or completed twice)")]
+fn completing_a_pended_operation_twice_is_a_violation() {
+    let sim = Sim::new();
+    let volume = start(
+        &sim,
+        Config {
+            pre: Some(Arc::new(|data, _, _| {
+                if major_of(data) != READ {
+                    return FLT_PREOP_SUCCESS_NO_CALLBACK;
+                }
+                // SAFETY: deliberately broken: the pended operation is completed twice (before the
+                // pre-op returns, which Filter Manager allows once).
+                unsafe {
+                    FltCompletePendedPreOperation(
+                        data,
+                        FLT_PREOP_SUCCESS_NO_CALLBACK,
+                        std::ptr::null(),
+                    );
+                    FltCompletePendedPreOperation(
+                        data,
+                        FLT_PREOP_SUCCESS_NO_CALLBACK,
+                        std::ptr::null(),
+                    );
+                }
+                FLT_PREOP_PENDING
+            })),
+            ..Config::default()
+        },
+    );
+    sim.create_file(volume, r"\a.txt", 100);
+    let mut file = sim.open(volume, r"\a.txt", OpenOptions::open()).unwrap();
+    file.read(1, 0);
+}
+
+/// Lets held I/O go even if the scenario panics, so the scope can join the reader.
+struct Release<'a>(&'a Sim);
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release_io();
+    }
+}
+
 fn drain_scenario(detach: impl FnOnce(&Sim, Volume)) {
     let sim = Sim::new();
     let volume = start(&sim, Config::default());
@@ -458,6 +503,7 @@ fn drain_scenario(detach: impl FnOnce(&Sim, Volume)) {
     let mut file = sim.open(volume, r"\a.txt", OpenOptions::open()).unwrap();
     sim.hold_io();
     std::thread::scope(|scope| {
+        let _release = Release(&sim);
         let reader = scope.spawn(|| file.read(10, 0));
         sim.wait_for_held_io(1);
         detach(&sim, volume);

@@ -1,4 +1,4 @@
-//! The simulated registry follows ZwOpenKey / ZwQueryValueKey / ZwClose's contracts.
+//! The simulated registry follows the contracts of `ZwOpenKey`, `ZwQueryValueKey` and `ZwClose`.
 
 use std::ptr;
 

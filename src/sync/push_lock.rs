@@ -204,6 +204,19 @@ impl RawPushLock {
 /// names.write()[0] = u16::from(b'C');
 /// assert_eq!(names.read()[0], 0x43);
 /// ```
+///
+/// Data that is not `Sync` (here a `Cell`) makes the lock `!Sync`: it cannot be shared across threads.
+///
+/// ```compile_fail,E0277
+/// # use fltsim as _;
+/// use core::cell::Cell;
+/// use iotally::pool::{tags, PagedPool};
+/// use iotally::sync::PushLock;
+///
+/// fn shared_across_threads<T: Sync>(_: &T) {}
+/// let lock = PushLock::try_pin_in(Cell::new(0), PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// shared_across_threads(&*lock);
+/// ```
 #[repr(C)]
 pub struct PushLock<T: ?Sized> {
     raw: RawPushLock,
@@ -365,7 +378,8 @@ impl<T: ?Sized> PushLock<T> {
         }
     }
 
-    /// The data, without locking: a pinned exclusive reference proves that no guard exists.
+    /// The data, without locking: a pinned exclusive reference proves that no guard exists. (Named
+    /// `data_mut` rather than `get_mut` so as not to clash with `Pin::get_mut`.)
     ///
     /// ```
     /// # use fltsim as _;
@@ -374,11 +388,11 @@ impl<T: ?Sized> PushLock<T> {
     /// use iotally::sync::PushLock;
     ///
     /// let mut lock = PushLock::try_pin_in(1_u8, PagedPool::new(tags::PUSH_LOCK)).unwrap();
-    /// *lock.as_mut().get_mut() = 2;
+    /// *lock.as_mut().data_mut() = 2;
     /// assert_eq!(*lock.read(), 2);
     /// ```
     #[must_use]
-    pub fn get_mut(self: Pin<&mut Self>) -> &mut T {
+    pub fn data_mut(self: Pin<&mut Self>) -> &mut T {
         // SAFETY: only the data is reached, which is not structurally pinned (the lock word is); the
         // `PushLock` itself is not moved.
         unsafe { self.get_unchecked_mut() }.data.get_mut()
@@ -400,11 +414,8 @@ impl<T: ?Sized> PushLock<T> {
     ///
     /// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
     /// let guard = lock.write();
-    /// assert!(lock.is_locked_exclusive_by_current_thread());
+    /// debug_assert!(lock.is_locked_exclusive_by_current_thread());
     /// drop(guard);
-    /// if cfg!(debug_assertions) {
-    ///     assert!(!lock.is_locked_exclusive_by_current_thread());
-    /// }
     /// ```
     #[must_use]
     pub fn is_locked_exclusive_by_current_thread(&self) -> bool {
@@ -481,6 +492,20 @@ impl<T: ?Sized> fmt::Debug for PushLock<T> {
 /// }
 /// let lock = PushLock::try_pin_in([1, 2, 3], PagedPool::new(tags::PUSH_LOCK)).unwrap();
 /// assert_eq!(total(&lock.read()), 6);
+/// ```
+///
+/// A guard cannot be sent to another thread (the release must happen on the acquiring thread):
+///
+/// ```compile_fail,E0277
+/// # use fltsim as _;
+/// use iotally::pool::{tags, PagedPool};
+/// use iotally::sync::PushLock;
+///
+/// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let guard = lock.read();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct PushLockReadGuard<'a, T: ?Sized> {
@@ -578,6 +603,20 @@ impl<T: ?Sized + fmt::Display> fmt::Display for PushLockReadGuard<'_, T> {
 /// bump(&mut guard);
 /// drop(guard);
 /// assert_eq!(*lock.read(), 2);
+/// ```
+///
+/// A guard cannot be sent to another thread (the release must happen on the acquiring thread):
+///
+/// ```compile_fail,E0277
+/// # use fltsim as _;
+/// use iotally::pool::{tags, PagedPool};
+/// use iotally::sync::PushLock;
+///
+/// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let guard = lock.write();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct PushLockWriteGuard<'a, T: ?Sized> {

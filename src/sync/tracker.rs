@@ -184,26 +184,30 @@ mod release {
     /// Release builds track nothing: zero-sized, every check a no-op.
     pub(crate) struct Tracker;
 
+    #[expect(
+        clippy::unused_self,
+        reason = "the debug tracker's interface, with nothing to track"
+    )]
     impl Tracker {
         pub(crate) const fn new() -> Self {
             Self
         }
-        #[inline(always)]
+        #[inline]
         pub(crate) fn before_exclusive(&self, _routine: &str, _address: usize) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn exclusive_acquired(&self) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn before_shared(&self, _routine: &str, _address: usize) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn shared_acquired(&self) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn exclusive_releasing(&self, _routine: &str, _address: usize) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn shared_releasing(&self, _routine: &str, _address: usize) {}
-        #[inline(always)]
+        #[inline]
         pub(crate) fn before_delete(&self, _routine: &str, _address: usize) {}
         /// Nothing is tracked: `true`, so that assertions built on it never fire in release builds.
-        #[inline(always)]
+        #[inline]
         pub(crate) fn held_exclusive_by_current_thread(&self) -> bool {
             true
         }

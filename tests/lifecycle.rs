@@ -12,6 +12,11 @@ fn load_and_unload_register_and_unregister_exactly_once() {
     let sim = Sim::new();
     assert_eq!(sim.load("iotally", iotally::DriverEntry), STATUS_SUCCESS);
     assert!(sim.filter().is_some());
+    let logged = fltsim::kernel::debug_log();
+    assert!(
+        logged.iter().any(|line| line.text == "iotally: filtering; at most 4096 files tallied per volume\n"),
+        "{logged:?}"
+    );
     assert_eq!(sim.unload(false), STATUS_SUCCESS);
     assert!(!sim.driver_loaded());
     sim.verifier_report().assert_clean();

@@ -51,7 +51,7 @@ pub(crate) fn enable(routine: &str) {
 /// `KeEnterCriticalRegion`: disables normal kernel APCs for the calling thread.
 /// IRQL <= `APC_LEVEL`.
 #[unsafe(no_mangle)]
-pub extern "system-unwind" fn KeEnterCriticalRegion() {
+pub extern "system" fn KeEnterCriticalRegion() {
     irql::check_max("KeEnterCriticalRegion", APC_LEVEL);
     disable();
 }
@@ -59,16 +59,16 @@ pub extern "system-unwind" fn KeEnterCriticalRegion() {
 /// `KeLeaveCriticalRegion`: re-enables normal kernel APCs disabled by `KeEnterCriticalRegion`.
 /// IRQL <= `APC_LEVEL`.
 #[unsafe(no_mangle)]
-pub extern "system-unwind" fn KeLeaveCriticalRegion() {
+pub extern "system" fn KeLeaveCriticalRegion() {
     irql::check_max("KeLeaveCriticalRegion", APC_LEVEL);
     enable("KeLeaveCriticalRegion");
 }
 
-const _: () = crate::signature::same_0(
+const _: [unsafe extern "system" fn(); 2] = [
     KeEnterCriticalRegion,
     windows_sys::Wdk::System::SystemServices::KeEnterCriticalRegion,
-);
-const _: () = crate::signature::same_0(
+];
+const _: [unsafe extern "system" fn(); 2] = [
     KeLeaveCriticalRegion,
     windows_sys::Wdk::System::SystemServices::KeLeaveCriticalRegion,
-);
+];

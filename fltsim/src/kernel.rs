@@ -51,7 +51,7 @@ pub fn debug_log() -> Vec<DebugLine> {
 /// `KeBugCheckEx`: stops the machine. Here: panics with the code and the four parameters in hex.
 /// Any IRQL.
 #[unsafe(no_mangle)]
-pub extern "system-unwind" fn KeBugCheckEx(
+pub extern "system" fn KeBugCheckEx(
     bugcheckcode: BUGCHECK_ERROR,
     bugcheckparameter1: usize,
     bugcheckparameter2: usize,
@@ -70,7 +70,7 @@ pub extern "system-unwind" fn KeBugCheckEx(
 /// # Safety
 /// `currenttime` must be valid for an 8-byte write.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn KeQuerySystemTimePrecise(currenttime: *mut i64) {
+pub unsafe extern "system" fn KeQuerySystemTimePrecise(currenttime: *mut i64) {
     assert!(
         !currenttime.is_null(),
         "fltsim: KeQuerySystemTimePrecise: CurrentTime is NULL (an access violation in kernel mode: bugcheck)"
@@ -97,7 +97,7 @@ pub unsafe extern "system-unwind" fn KeQuerySystemTimePrecise(currenttime: *mut 
 /// `format` must be a NUL-terminated string and `arglist` must hold one 8-byte slot per argument the
 /// format consumes, each of the type its code expects (pointers valid for reading).
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn vDbgPrintEx(
+pub unsafe extern "system" fn vDbgPrintEx(
     componentid: u32,
     level: u32,
     format: PCSTR,
@@ -135,19 +135,20 @@ pub unsafe extern "system-unwind" fn vDbgPrintEx(
     0
 }
 
-mod signatures {
-    use crate::signature::{same_1, same_4, same_5};
-    use windows_sys::Wdk::System::SystemServices as ss;
-
-    const _: () = same_5(super::KeBugCheckEx, ss::KeBugCheckEx);
-    const _: () = same_1(
-        super::KeQuerySystemTimePrecise,
-        ss::KeQuerySystemTimePrecise,
-    );
-    // windows-sys files vDbgPrintEx under ntdll.dll; a driver imports it from ntoskrnl.exe with the
-    // same signature.
-    const _: () = same_4(super::vDbgPrintEx, ss::vDbgPrintEx);
-}
+const _: [unsafe extern "system" fn(BUGCHECK_ERROR, usize, usize, usize, usize); 2] = [
+    KeBugCheckEx,
+    windows_sys::Wdk::System::SystemServices::KeBugCheckEx,
+];
+const _: [unsafe extern "system" fn(*mut i64); 2] = [
+    KeQuerySystemTimePrecise,
+    windows_sys::Wdk::System::SystemServices::KeQuerySystemTimePrecise,
+];
+// windows-sys files vDbgPrintEx under ntdll.dll; a driver imports it from ntoskrnl.exe with the same
+// signature.
+const _: [unsafe extern "system" fn(u32, u32, PCSTR, *const i8) -> u32; 2] = [
+    vDbgPrintEx,
+    windows_sys::Wdk::System::SystemServices::vDbgPrintEx,
+];
 
 /// The x64 `va_list`: a cursor over consecutive 8-byte argument slots.
 struct Slots {

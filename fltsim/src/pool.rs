@@ -195,7 +195,7 @@ impl Pool {
         self.eligible += 1;
         let fail = match self.plan {
             FaultPlan::Off => false,
-            FaultPlan::EveryNth { n, .. } => n > 0 && self.eligible % n == 0,
+            FaultPlan::EveryNth { n, .. } => n > 0 && self.eligible.is_multiple_of(n),
             FaultPlan::Rate { per_mille, .. } => {
                 splitmix64(&mut self.rng) % 1000 < u64::from(per_mille)
             }
@@ -433,7 +433,7 @@ pub(crate) fn free(pointer: *mut c_void, tag: u32) {
 /// `ExAllocatePool2`: zeroed (unless `POOL_FLAG_UNINITIALIZED`) pool memory charged to `tag`, or
 /// NULL. IRQL <= `APC_LEVEL` for paged pool, <= `DISPATCH_LEVEL` for nonpaged.
 #[unsafe(no_mangle)]
-pub extern "system-unwind" fn ExAllocatePool2(
+pub extern "system" fn ExAllocatePool2(
     flags: u64,
     numberofbytes: usize,
     tag: u32,
@@ -447,15 +447,15 @@ pub extern "system-unwind" fn ExAllocatePool2(
 /// # Safety
 /// `p` must not be used after the call.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn ExFreePoolWithTag(p: *mut c_void, tag: u32) {
+pub unsafe extern "system" fn ExFreePoolWithTag(p: *mut c_void, tag: u32) {
     free(p, tag);
 }
 
-const _: () = crate::signature::same_3(
+const _: [unsafe extern "system" fn(u64, usize, u32) -> *mut c_void; 2] = [
     ExAllocatePool2,
     windows_sys::Wdk::System::SystemServices::ExAllocatePool2,
-);
-const _: () = crate::signature::same_2(
+];
+const _: [unsafe extern "system" fn(*mut c_void, u32); 2] = [
     ExFreePoolWithTag,
     windows_sys::Wdk::System::SystemServices::ExFreePoolWithTag,
-);
+];

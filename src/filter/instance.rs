@@ -86,7 +86,7 @@ pub(super) unsafe extern "system" fn setup(
     let context = match allocate(objects.Volume) {
         Ok(context) => context,
         Err(status) => {
-            crate::log_error!("iotally: instance setup failed: {status:#x}");
+            crate::log_error!("instance setup failed: {status:#x}");
             return status;
         }
     };
@@ -103,7 +103,7 @@ pub(super) unsafe extern "system" fn setup(
     // instance holds its own; on failure the context is freed (cleanup runs).
     drop(context);
     if status < 0 {
-        crate::log_error!("iotally: FltSetInstanceContext failed: {status:#x}");
+        crate::log_error!("FltSetInstanceContext failed: {status:#x}");
         return status;
     }
     STATUS_SUCCESS

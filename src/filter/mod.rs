@@ -46,14 +46,21 @@ pub(crate) fn load(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STR
     // static that lives as long as the driver image, as FltRegisterFilter requires.
     let status = unsafe { FltRegisterFilter(driver, registration::get(), &raw mut filter) };
     if status < 0 {
+        crate::log_error!("FltRegisterFilter failed: {status:#x}");
         return status;
     }
     FILTER.store(filter, Ordering::Release);
     // SAFETY: `filter` was just returned by a successful FltRegisterFilter.
     let status = unsafe { FltStartFiltering(filter) };
     if status < 0 {
+        crate::log_error!("FltStartFiltering failed: {status:#x}");
         unregister();
+        return status;
     }
+    crate::log_info!(
+        "filtering; at most {} files tallied per volume",
+        config::max_entries_per_instance()
+    );
     status
 }
 

@@ -71,7 +71,7 @@ unsafe fn word_at<'a>(routine: &str, push_lock: *const usize) -> &'a AtomicUsize
         "fltsim: {routine}: PushLock is NULL (an access violation in kernel mode: bugcheck)"
     );
     assert!(
-        push_lock.addr() % 8 == 0,
+        push_lock.addr().is_multiple_of(8),
         "fltsim: {routine}: PushLock {:#x} is not 8-byte aligned (EX_PUSH_LOCK storage must be \
          8-byte aligned on 64-bit Windows)",
         push_lock.addr()
@@ -137,7 +137,7 @@ fn release(routine: &str, push_lock: *mut usize) {
 /// # Safety
 /// `pushlock` must point to 8 writable bytes that stay valid until `FltDeletePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltInitializePushLock(pushlock: *mut usize) {
+pub unsafe extern "system" fn FltInitializePushLock(pushlock: *mut usize) {
     const ROUTINE: &str = "FltInitializePushLock";
     // SAFETY: the caller's contract (see above).
     let word = unsafe { word_at(ROUTINE, pushlock) };
@@ -151,7 +151,7 @@ pub unsafe extern "system-unwind" fn FltInitializePushLock(pushlock: *mut usize)
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltAcquirePushLockShared(pushlock: *mut usize) {
+pub unsafe extern "system" fn FltAcquirePushLockShared(pushlock: *mut usize) {
     acquire("FltAcquirePushLockShared", pushlock, Mode::Shared);
 }
 
@@ -161,7 +161,7 @@ pub unsafe extern "system-unwind" fn FltAcquirePushLockShared(pushlock: *mut usi
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusive(pushlock: *mut usize) {
+pub unsafe extern "system" fn FltAcquirePushLockExclusive(pushlock: *mut usize) {
     acquire("FltAcquirePushLockExclusive", pushlock, Mode::Exclusive);
 }
 
@@ -171,7 +171,7 @@ pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusive(pushlock: *mut 
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltAcquirePushLockSharedEx(pushlock: *mut usize, flags: u32) {
+pub unsafe extern "system" fn FltAcquirePushLockSharedEx(pushlock: *mut usize, flags: u32) {
     const ROUTINE: &str = "FltAcquirePushLockSharedEx";
     irql::check_max(ROUTINE, APC_LEVEL);
     check_flags(ROUTINE, flags);
@@ -184,7 +184,7 @@ pub unsafe extern "system-unwind" fn FltAcquirePushLockSharedEx(pushlock: *mut u
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusiveEx(
+pub unsafe extern "system" fn FltAcquirePushLockExclusiveEx(
     pushlock: *mut usize,
     flags: u32,
 ) {
@@ -200,7 +200,7 @@ pub unsafe extern "system-unwind" fn FltAcquirePushLockExclusiveEx(
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltReleasePushLock(pushlock: *mut usize) {
+pub unsafe extern "system" fn FltReleasePushLock(pushlock: *mut usize) {
     release("FltReleasePushLock", pushlock);
 }
 
@@ -210,7 +210,7 @@ pub unsafe extern "system-unwind" fn FltReleasePushLock(pushlock: *mut usize) {
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltReleasePushLockEx(pushlock: *mut usize, flags: u32) {
+pub unsafe extern "system" fn FltReleasePushLockEx(pushlock: *mut usize, flags: u32) {
     const ROUTINE: &str = "FltReleasePushLockEx";
     irql::check_max(ROUTINE, APC_LEVEL);
     check_flags(ROUTINE, flags);
@@ -223,7 +223,7 @@ pub unsafe extern "system-unwind" fn FltReleasePushLockEx(pushlock: *mut usize, 
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system-unwind" fn FltDeletePushLock(pushlock: *const usize) {
+pub unsafe extern "system" fn FltDeletePushLock(pushlock: *const usize) {
     const ROUTINE: &str = "FltDeletePushLock";
     // SAFETY: the caller's contract (see above).
     let word = unsafe { word_at(ROUTINE, pushlock) };
@@ -234,28 +234,35 @@ pub unsafe extern "system-unwind" fn FltDeletePushLock(pushlock: *const usize) {
     );
 }
 
-mod signatures {
-    use crate::signature::{same_1, same_2};
-    use windows_sys::Wdk::Storage::FileSystem::Minifilters as flt;
-
-    const _: () = same_1(super::FltInitializePushLock, flt::FltInitializePushLock);
-    const _: () = same_1(
-        super::FltAcquirePushLockShared,
-        flt::FltAcquirePushLockShared,
-    );
-    const _: () = same_1(
-        super::FltAcquirePushLockExclusive,
-        flt::FltAcquirePushLockExclusive,
-    );
-    const _: () = same_2(
-        super::FltAcquirePushLockSharedEx,
-        flt::FltAcquirePushLockSharedEx,
-    );
-    const _: () = same_2(
-        super::FltAcquirePushLockExclusiveEx,
-        flt::FltAcquirePushLockExclusiveEx,
-    );
-    const _: () = same_1(super::FltReleasePushLock, flt::FltReleasePushLock);
-    const _: () = same_2(super::FltReleasePushLockEx, flt::FltReleasePushLockEx);
-    const _: () = same_1(super::FltDeletePushLock, flt::FltDeletePushLock);
-}
+const _: [unsafe extern "system" fn(*mut usize); 2] = [
+    FltInitializePushLock,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltInitializePushLock,
+];
+const _: [unsafe extern "system" fn(*mut usize); 2] = [
+    FltAcquirePushLockShared,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltAcquirePushLockShared,
+];
+const _: [unsafe extern "system" fn(*mut usize); 2] = [
+    FltAcquirePushLockExclusive,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltAcquirePushLockExclusive,
+];
+const _: [unsafe extern "system" fn(*mut usize, u32); 2] = [
+    FltAcquirePushLockSharedEx,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltAcquirePushLockSharedEx,
+];
+const _: [unsafe extern "system" fn(*mut usize, u32); 2] = [
+    FltAcquirePushLockExclusiveEx,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltAcquirePushLockExclusiveEx,
+];
+const _: [unsafe extern "system" fn(*mut usize); 2] = [
+    FltReleasePushLock,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltReleasePushLock,
+];
+const _: [unsafe extern "system" fn(*mut usize, u32); 2] = [
+    FltReleasePushLockEx,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltReleasePushLockEx,
+];
+const _: [unsafe extern "system" fn(*const usize); 2] = [
+    FltDeletePushLock,
+    windows_sys::Wdk::Storage::FileSystem::Minifilters::FltDeletePushLock,
+];

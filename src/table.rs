@@ -279,6 +279,21 @@ impl<A: Allocator + Clone> Table<A> {
         }
     }
 
+    /// Records another open of the already tallied file `key` at system time `now`; returns `false`
+    /// (and changes nothing) if the file has no entry, for the caller to insert it with
+    /// [`Table::record_open`].
+    ///
+    /// Takes `&self`: runs under the shared lock, like [`Table::record_io`].
+    pub fn record_reopen(&self, key: FileKey, now: i64) -> bool {
+        let Some(tally) = self.entries.get(&key) else {
+            return false;
+        };
+        saturating_add(&tally.opens, 1);
+        tally.touch(now, self.tick());
+        saturating_add(&self.stats.hits, 1);
+        true
+    }
+
     /// Records a read or write of `bytes` bytes on the file `key` at system time `now`.
     ///
     /// Takes `&self`: runs under the shared lock, concurrently with other readers and writers; only
@@ -347,25 +362,27 @@ mod tests {
         assert!(table.record_io(FileKey(1), Io::Read, 100, 30));
         assert!(table.record_io(FileKey(1), Io::Write, 7, 40));
         assert!(!table.record_io(FileKey(2), Io::Read, 1, 50));
+        assert!(table.record_reopen(FileKey(1), 45));
+        assert!(!table.record_reopen(FileKey(2), 45));
         let tally = table.get(FileKey(1)).unwrap();
         assert_eq!(tally.name(), utf16("\\a.txt").as_slice());
         assert_eq!(
             tally.counts(),
             Counts {
-                opens: 2,
+                opens: 3,
                 reads: 1,
                 writes: 1,
                 bytes_read: 100,
                 bytes_written: 7,
                 first_seen: 10,
-                last_seen: 40,
+                last_seen: 45,
             }
         );
         assert_eq!(
             table.stats(),
             StatsSnapshot {
                 inserts: 1,
-                hits: 3,
+                hits: 4,
                 misses: 1,
                 evictions: 0,
                 allocation_failures: 0

@@ -178,3 +178,25 @@ fn failed_table_allocations_are_counted_and_drop_only_that_tally() {
     );
     t.unload_clean();
 }
+
+#[test]
+fn a_stream_evicted_while_open_is_tallied_again_when_reopened() {
+    let t = Loaded::with_max_entries(Some(1));
+    let c = t.volume(2, FileSystem::Ntfs);
+    t.sim.create_file(c, r"\a", 0);
+    t.sim.create_file(c, r"\b", 0);
+    let mut first = t.sim.open(c, r"\a", OpenOptions::open()).unwrap();
+    let b = t.sim.open(c, r"\b", OpenOptions::open()).unwrap();
+    // `\a` was evicted, but its stream (still open) keeps its context with the key.
+    let mut again = t.sim.open(c, r"\a", OpenOptions::open()).unwrap();
+    first.read(2, 0);
+    again.write(3, 0);
+    let tallies = t.tallies(c).unwrap();
+    assert_eq!(tallies.keys().collect::<Vec<_>>(), [r"\a"]);
+    assert_eq!(totals(&tallies[r"\a"]), (1, 1, 1, 2, 3));
+    assert_eq!(t.stats(c).evictions, 2);
+    for handle in [first, b, again] {
+        assert_eq!(handle.close(), 0);
+    }
+    t.unload_clean();
+}

@@ -48,7 +48,8 @@ pub fn debug_log() -> Vec<DebugLine> {
     log().clone()
 }
 
-/// `KeBugCheckEx`: stops the machine. Here: panics with the code and the four parameters in hex.
+/// `KeBugCheckEx`: stops the machine. Here: panics with the code and the four parameters in hex,
+/// which aborts the process (the panic cannot leave this `extern "system"` function).
 /// Any IRQL.
 #[unsafe(no_mangle)]
 pub extern "system" fn KeBugCheckEx(

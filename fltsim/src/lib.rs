@@ -1,8 +1,12 @@
 //! fltsim: a user-mode model of Filter Manager and the parts of ntoskrnl that a minifilter imports.
 //!
 //! Every simulated routine is a `#[no_mangle] extern "system"` function with windows-sys's exact
-//! signature, so a minifilter's unmodified code links against it in host builds. Where Windows would
-//! bugcheck or hang, the simulator panics with a message naming the rule broken.
+//! signature (checked at compile time), so a minifilter's unmodified code links against it in host
+//! builds. Where Windows would bugcheck or hang, the simulator panics with a message starting
+//! `fltsim: ` that names the rule broken. A panic cannot unwind out of an `extern "system"` function:
+//! raised inside a simulated routine (or a driver callback it calls), it aborts the process, as a
+//! bugcheck stops the machine. Tests check those violations with [`bugcheck::expect_bugcheck`], which
+//! runs the scenario in a child process.
 //!
 //! Only one [`Sim`] exists at a time in a process: creating one waits until the previous one is gone,
 //! because a driver's globals (its filter handle) and the simulated kernel are process-wide.
@@ -22,7 +26,6 @@ mod port;
 pub mod pushlock;
 pub mod registry;
 mod session;
-pub mod signature;
 pub mod verifier;
 mod volume;
 mod world;

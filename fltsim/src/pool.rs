@@ -16,7 +16,8 @@
 //! Violations panic with the bug check Windows raises, `BAD_POOL_CALLER` (0xC2) and its first
 //! parameter (Microsoft's "Bug Check 0xC2" page), naming the Driver Verifier (0xC4) equivalent when
 //! there is one. A raised exception (`POOL_FLAG_RAISE_ON_FAILURE`) cannot be caught by Rust code, so it
-//! panics too (an unhandled kernel exception is a bugcheck).
+//! panics too (an unhandled kernel exception is a bugcheck). Raised inside the `extern "system"`
+//! exports, these panics abort the process ([`crate::bugcheck`]).
 
 use std::alloc::Layout;
 use std::collections::{HashMap, HashSet};

@@ -29,7 +29,7 @@ use windows_sys::Win32::Foundation::STATUS_REPARSE;
 
 use super::context::{self, Context, ContextRef};
 use super::instance::InstanceContext;
-use crate::table::{FileKey, Io};
+use crate::table::{FileKey, Io, OpenOutcome};
 
 /// The stream context: the key of the stream's file in the instance's table.
 ///
@@ -88,34 +88,45 @@ pub(super) unsafe extern "system" fn post_create(
     FLT_POSTOP_FINISHED_PROCESSING
 }
 
-/// Tallies a successful open of a file (not a directory): the file-system queries run first,
-/// without any lock held, then the table is updated under the exclusive lock.
+/// Tallies a successful open of a file (not a directory).
+///
+/// A stream iotally already knows carries a stream context with its key: the open is then counted
+/// under the **shared** lock, with no file-system query. Otherwise the file-system queries (directory?
+/// file ID, name) run first, without any lock held (they can re-enter the file system), and the entry
+/// is inserted under the exclusive lock.
 fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const FILE_OBJECT) {
-    let Some(standard) =
-        query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)
-    else {
+    let Some(owner) = context::instance_context::<InstanceContext>(instance) else {
         return;
     };
-    if standard.Directory {
+    let known = context::stream_context::<StreamContext>(instance, file).map(|stream| stream.key());
+    if let Some(key) = known
+        && owner.tallies().read().record_reopen(key, now())
+    {
         return;
     }
-    let Some(key) = file_key(instance, file) else {
-        return;
-    };
-    let Some(table_owner) = context::instance_context::<InstanceContext>(instance) else {
-        return;
+    let key = match known {
+        Some(key) => key,
+        None => {
+            let Some(standard) =
+                query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)
+            else {
+                return;
+            };
+            if standard.Directory {
+                return;
+            }
+            let Some(key) = file_key(instance, file) else {
+                return;
+            };
+            key
+        }
     };
     let name = FileName::get(data);
-    let now = now();
-    let outcome = table_owner
-        .tallies()
-        .write()
-        .record_open(key, name.units(), now);
+    let outcome = owner.tallies().write().record_open(key, name.units(), now());
     drop(name);
-    if outcome == crate::table::OpenOutcome::AllocationFailed {
-        return;
+    if outcome != OpenOutcome::AllocationFailed && known.is_none() {
+        attach_stream_context(instance, file, key);
     }
-    attach_stream_context(instance, file, key);
 }
 
 /// The file's key: the 128-bit file ID where the file system has one, else the 64-bit index number.

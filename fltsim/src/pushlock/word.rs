@@ -207,16 +207,16 @@ pub fn acquire_shared(
         if holds_shared {
             return Err(WouldHang { word: current });
         }
-        if current & WAITING == 0 {
-            if let Err(seen) = word.compare_exchange_weak(
+        if current & WAITING == 0
+            && let Err(seen) = word.compare_exchange_weak(
                 current,
                 current | WAITING,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
-            ) {
-                current = seen;
-                continue;
-            }
+            )
+        {
+            current = seen;
+            continue;
         }
         parker.park(Wait::Shared, || {
             let now = word.load(Ordering::Relaxed);

@@ -5,6 +5,7 @@
 use std::ffi::CStr;
 
 use fltsim::apc::{self, KeEnterCriticalRegion, KeLeaveCriticalRegion};
+use fltsim::bugcheck::expect_bugcheck;
 use fltsim::kernel::{self, DebugLine, KeBugCheckEx, KeQuerySystemTimePrecise, vDbgPrintEx};
 use fltsim::{Sim, irql};
 use windows_sys::Win32::Foundation::UNICODE_STRING;
@@ -147,49 +148,59 @@ fn narrow_formats_work_at_dispatch() {
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: vDbgPrintEx with the Unicode format code %wZ at IRQL 1"
-)]
 fn unicode_string_above_passive_panics() {
-    let _sim = Sim::new();
-    let _apc = irql::raise(irql::APC_LEVEL);
-    let name = UNICODE_STRING {
-        Length: 0,
-        MaximumLength: 0,
-        Buffer: std::ptr::null_mut(),
-    };
-    print(c"%wZ", &[address(&raw const name)]);
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: vDbgPrintEx with the Unicode format code %wZ at IRQL 1",
+        || {
+            let _sim = Sim::new();
+            let _apc = irql::raise(irql::APC_LEVEL);
+            let name = UNICODE_STRING {
+                Length: 0,
+                MaximumLength: 0,
+                Buffer: std::ptr::null_mut(),
+            };
+            print(c"%wZ", &[address(&raw const name)]);
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "vDbgPrintEx with the Unicode format code %ws at IRQL 2")]
 fn wide_string_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    print(c"%ws", &[0]);
+    expect_bugcheck(
+        "vDbgPrintEx with the Unicode format code %ws at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            print(c"%ws", &[0]);
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: vDbgPrintEx: floating-point format code %f")]
 fn floating_point_panics() {
-    let _sim = Sim::new();
-    print(c"%f", &[0]);
+    expect_bugcheck("fltsim: vDbgPrintEx: floating-point format code %f", || {
+        let _sim = Sim::new();
+        print(c"%f", &[0]);
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: vDbgPrintEx: unsupported format code %n")]
 fn unsupported_code_panics() {
-    let _sim = Sim::new();
-    print(c"%n", &[0]);
+    expect_bugcheck("fltsim: vDbgPrintEx: unsupported format code %n", || {
+        let _sim = Sim::new();
+        print(c"%n", &[0]);
+    });
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: KeBugCheckEx(0x000000C2, 0x0000000000000007, 0x0000000000001234, 0x0000000000000000, 0xFFFFFFFFFFFFFFFF)"
-)]
 fn bugcheck_panics_with_every_parameter() {
-    let _sim = Sim::new();
-    KeBugCheckEx(0xC2, 7, 0x1234, 0, usize::MAX);
+    expect_bugcheck(
+        "fltsim: KeBugCheckEx(0x000000C2, 0x0000000000000007, 0x0000000000001234, 0x0000000000000000, 0xFFFFFFFFFFFFFFFF)",
+        || {
+            let _sim = Sim::new();
+            KeBugCheckEx(0xC2, 7, 0x1234, 0, usize::MAX);
+        },
+    );
 }
 
 #[test]
@@ -215,11 +226,15 @@ fn system_time_counts_100ns_since_1601() {
 }
 
 #[test]
-#[should_panic(expected = "fltsim: KeQuerySystemTimePrecise: CurrentTime is NULL")]
 fn system_time_into_null_panics() {
-    let _sim = Sim::new();
-    // SAFETY: deliberately NULL: the simulator rejects it before writing.
-    unsafe { KeQuerySystemTimePrecise(std::ptr::null_mut()) };
+    expect_bugcheck(
+        "fltsim: KeQuerySystemTimePrecise: CurrentTime is NULL",
+        || {
+            let _sim = Sim::new();
+            // SAFETY: deliberately NULL: the simulator rejects it before writing.
+            unsafe { KeQuerySystemTimePrecise(std::ptr::null_mut()) };
+        },
+    );
 }
 
 #[test]
@@ -249,18 +264,24 @@ fn apc_disables_are_per_thread() {
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: APC_INDEX_MISMATCH: KeLeaveCriticalRegion re-enables normal kernel APCs"
-)]
 fn leave_without_enter_panics() {
-    let _sim = Sim::new();
-    KeLeaveCriticalRegion();
+    expect_bugcheck(
+        "fltsim: APC_INDEX_MISMATCH: KeLeaveCriticalRegion re-enables normal kernel APCs",
+        || {
+            let _sim = Sim::new();
+            KeLeaveCriticalRegion();
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: KeEnterCriticalRegion called at IRQL 2")]
 fn enter_critical_region_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    KeEnterCriticalRegion();
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: KeEnterCriticalRegion called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            KeEnterCriticalRegion();
+        },
+    );
 }

@@ -3,6 +3,7 @@
 
 use std::ffi::c_void;
 
+use fltsim::bugcheck::expect_bugcheck;
 use fltsim::pool::{
     self, ExAllocatePool2, ExFreePoolWithTag, FaultPlan, POOL_FLAG_CACHE_ALIGNED,
     POOL_FLAG_NON_PAGED, POOL_FLAG_NON_PAGED_EXECUTE, POOL_FLAG_PAGED, POOL_FLAG_RAISE_ON_FAILURE,
@@ -223,79 +224,97 @@ fn new_session_resets_pool_and_plan() {
 // ---- misuse ----
 
 #[test]
-#[should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x00): ExAllocatePool2 of zero bytes")]
 fn zero_bytes_panics() {
-    let _sim = Sim::new();
-    let _ = ExAllocatePool2(POOL_FLAG_PAGED, 0, TAG_A);
+    expect_bugcheck(
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x00): ExAllocatePool2 of zero bytes",
+        || {
+            let _sim = Sim::new();
+            let _ = ExAllocatePool2(POOL_FLAG_PAGED, 0, TAG_A);
+        },
+    );
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: ExAllocatePool2 raised STATUS_INSUFFICIENT_RESOURCES (invalid POOL_FLAGS"
-)]
 fn raise_on_failure_raises() {
-    let _sim = Sim::new();
-    let _ = ExAllocatePool2(POOL_FLAG_RAISE_ON_FAILURE, 8, TAG_A);
+    expect_bugcheck(
+        "fltsim: ExAllocatePool2 raised STATUS_INSUFFICIENT_RESOURCES (invalid POOL_FLAGS",
+        || {
+            let _sim = Sim::new();
+            let _ = ExAllocatePool2(POOL_FLAG_RAISE_ON_FAILURE, 8, TAG_A);
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fault injected by the low-resources simulation")]
 fn injected_failure_raises_with_raise_on_failure() {
-    let _sim = Sim::new();
-    pool::set_fault_injection(FaultPlan::EveryNth { n: 1, tag: None });
-    let _ = ExAllocatePool2(POOL_FLAG_PAGED | POOL_FLAG_RAISE_ON_FAILURE, 8, TAG_A);
+    expect_bugcheck("fault injected by the low-resources simulation", || {
+        let _sim = Sim::new();
+        pool::set_fault_injection(FaultPlan::EveryNth { n: 1, tag: None });
+        let _ = ExAllocatePool2(POOL_FLAG_PAGED | POOL_FLAG_RAISE_ON_FAILURE, 8, TAG_A);
+    });
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2"
-)]
 fn paged_allocation_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    let _ = ExAllocatePool2(POOL_FLAG_PAGED, 8, TAG_A);
+    expect_bugcheck(
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            let _ = ExAllocatePool2(POOL_FLAG_PAGED, 8, TAG_A);
+        },
+    );
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of nonpaged pool at IRQL 3"
-)]
 fn nonpaged_allocation_above_dispatch_panics() {
-    let _sim = Sim::new();
-    let _device = irql::raise(3);
-    let _ = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
+    expect_bugcheck(
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of nonpaged pool at IRQL 3",
+        || {
+            let _sim = Sim::new();
+            let _device = irql::raise(3);
+            let _ = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x09)")]
 fn paged_free_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let p = ExAllocatePool2(POOL_FLAG_PAGED, 8, TAG_A);
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    free(p, TAG_A);
+    expect_bugcheck("fltsim: BAD_POOL_CALLER (0xC2, 0x09)", || {
+        let _sim = Sim::new();
+        let p = ExAllocatePool2(POOL_FLAG_PAGED, 8, TAG_A);
+        let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+        free(p, TAG_A);
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x99)")]
 fn free_of_unallocated_address_panics() {
-    let _sim = Sim::new();
-    let mut local = 0u64;
-    free((&raw mut local).cast(), TAG_A);
+    expect_bugcheck("fltsim: BAD_POOL_CALLER (0xC2, 0x99)", || {
+        let _sim = Sim::new();
+        let mut local = 0u64;
+        free((&raw mut local).cast(), TAG_A);
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x07)")]
 fn double_free_panics() {
-    let _sim = Sim::new();
-    let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
-    free(p, TAG_A);
-    free(p, TAG_A);
+    expect_bugcheck("fltsim: BAD_POOL_CALLER (0xC2, 0x07)", || {
+        let _sim = Sim::new();
+        let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
+        free(p, TAG_A);
+        free(p, TAG_A);
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x0a): ExFreePoolWithTag")]
 fn free_with_wrong_tag_panics() {
-    let _sim = Sim::new();
-    let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
-    free(p, TAG_B);
+    expect_bugcheck(
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x0a): ExFreePoolWithTag",
+        || {
+            let _sim = Sim::new();
+            let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_A);
+            free(p, TAG_B);
+        },
+    );
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fltsim::bugcheck::expect_bugcheck;
 use fltsim::pushlock::{
     FltAcquirePushLockExclusive, FltAcquirePushLockExclusiveEx, FltAcquirePushLockShared,
     FltAcquirePushLockSharedEx, FltDeletePushLock, FltInitializePushLock, FltReleasePushLock,
@@ -73,7 +74,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// Joins `handle`, re-raising its panic on this thread (so `should_panic` sees the message).
+/// Joins `handle`, re-raising its panic on this thread (so the test fails with the thread's message).
 fn join<T>(handle: thread::JoinHandle<T>) -> T {
     handle
         .join()
@@ -316,196 +317,243 @@ fn reinitializing_an_idle_lock_is_allowed() {
 // ---- misuse: each breaks one rule and sees the named panic ----
 
 #[test]
-#[should_panic(expected = "fltsim: push lock deadlock: FltAcquirePushLockExclusive on push lock")]
 fn recursive_exclusive_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    lock.exclusive();
+    expect_bugcheck(
+        "fltsim: push lock deadlock: FltAcquirePushLockExclusive on push lock",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            lock.exclusive();
+            lock.exclusive();
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "holds shared (no shared-to-exclusive upgrade")]
 fn shared_to_exclusive_upgrade_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.shared();
-    lock.exclusive();
-}
-
-#[test]
-#[should_panic(expected = "fltsim: push lock deadlock: FltAcquirePushLockShared on push lock")]
-fn exclusive_holder_acquiring_shared_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    lock.shared();
-}
-
-#[test]
-#[should_panic(expected = "already holds shared, while 1 exclusive acquirer(s) wait")]
-fn recursive_shared_behind_exclusive_waiter_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.shared();
-    thread::spawn(move || lock.exclusive());
-    wait_until("the writer queues", || {
-        pushlock::word::exclusive_waiters(lock.word()) == 1
+    expect_bugcheck("holds shared (no shared-to-exclusive upgrade", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.shared();
+        lock.exclusive();
     });
-    lock.shared();
 }
 
 #[test]
-#[should_panic(expected = "by a thread that does not hold it")]
+fn exclusive_holder_acquiring_shared_panics() {
+    expect_bugcheck(
+        "fltsim: push lock deadlock: FltAcquirePushLockShared on push lock",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            lock.exclusive();
+            lock.shared();
+        },
+    );
+}
+
+#[test]
+fn recursive_shared_behind_exclusive_waiter_panics() {
+    expect_bugcheck(
+        "already holds shared, while 1 exclusive acquirer(s) wait",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            lock.shared();
+            thread::spawn(move || lock.exclusive());
+            wait_until("the writer queues", || {
+                pushlock::word::exclusive_waiters(lock.word()) == 1
+            });
+            lock.shared();
+        },
+    );
+}
+
+#[test]
 fn release_without_hold_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.release();
+    expect_bugcheck("by a thread that does not hold it", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.release();
+    });
 }
 
 #[test]
-#[should_panic(expected = "by a thread that does not hold it")]
 fn release_on_another_thread_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    join(thread::spawn(move || lock.release()));
+    expect_bugcheck("by a thread that does not hold it", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.exclusive();
+        join(thread::spawn(move || lock.release()));
+    });
 }
 
 #[test]
-#[should_panic(expected = "which was never initialized with FltInitializePushLock")]
 fn acquire_uninitialized_panics() {
-    let _sim = Sim::new();
-    Lock::storage().shared();
+    expect_bugcheck(
+        "which was never initialized with FltInitializePushLock",
+        || {
+            let _sim = Sim::new();
+            Lock::storage().shared();
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "FltAcquirePushLockExclusive on push lock")]
 fn acquire_after_delete_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.delete();
-    lock.exclusive();
+    expect_bugcheck("FltAcquirePushLockExclusive on push lock", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.delete();
+        lock.exclusive();
+    });
 }
 
 #[test]
-#[should_panic(expected = "FltReleasePushLock on push lock")]
 fn release_after_delete_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.delete();
-    lock.release();
+    expect_bugcheck("FltReleasePushLock on push lock", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.delete();
+        lock.release();
+    });
 }
 
 #[test]
-#[should_panic(expected = "which was already deleted (use after delete)")]
 fn double_delete_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.delete();
-    lock.delete();
+    expect_bugcheck("which was already deleted (use after delete)", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.delete();
+        lock.delete();
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: FltDeletePushLock on push lock")]
 fn delete_uninitialized_panics() {
-    let _sim = Sim::new();
-    Lock::storage().delete();
+    expect_bugcheck("fltsim: FltDeletePushLock on push lock", || {
+        let _sim = Sim::new();
+        Lock::storage().delete();
+    });
 }
 
 #[test]
-#[should_panic(expected = "while it is held")]
 fn delete_while_held_shared_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.shared();
-    lock.delete();
+    expect_bugcheck("while it is held", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.shared();
+        lock.delete();
+    });
 }
 
 #[test]
-#[should_panic(expected = "while threads wait to acquire it")]
 fn delete_while_waiters_exist_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    thread::spawn(move || lock.shared());
-    wait_until("the reader waits", || pushlock::waiting(lock.addr()) == 1);
-    lock.delete();
+    expect_bugcheck("while threads wait to acquire it", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.exclusive();
+        thread::spawn(move || lock.shared());
+        wait_until("the reader waits", || pushlock::waiting(lock.addr()) == 1);
+        lock.delete();
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: FltInitializePushLock on push lock")]
 fn reinitialize_while_held_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    lock.init();
+    expect_bugcheck("fltsim: FltInitializePushLock on push lock", || {
+        let _sim = Sim::new();
+        let lock = Lock::new();
+        lock.exclusive();
+        lock.init();
+    });
 }
 
 #[test]
-#[should_panic(expected = "not 8-byte aligned")]
 fn misaligned_storage_panics() {
-    let _sim = Sim::new();
-    let storage = Lock::storage();
-    // SAFETY: deliberately misaligned pointer into valid storage; the routine must reject it before use.
-    unsafe { FltInitializePushLock(storage.0.cast::<u8>().add(4).cast()) };
+    expect_bugcheck("not 8-byte aligned", || {
+        let _sim = Sim::new();
+        let storage = Lock::storage();
+        // SAFETY: deliberately misaligned pointer into valid storage; the routine must reject it before use.
+        unsafe { FltInitializePushLock(storage.0.cast::<u8>().add(4).cast()) };
+    });
 }
 
 #[test]
-#[should_panic(expected = "fltsim: FltAcquirePushLockSharedEx: invalid Flags 0x4")]
 fn invalid_flags_panic() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    // SAFETY: valid leaked storage.
-    unsafe { FltAcquirePushLockSharedEx(lock.0, 4) };
+    expect_bugcheck(
+        "fltsim: FltAcquirePushLockSharedEx: invalid Flags 0x4",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            // SAFETY: valid leaked storage.
+            unsafe { FltAcquirePushLockSharedEx(lock.0, 4) };
+        },
+    );
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2"
-)]
 fn shared_acquire_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    lock.shared();
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            lock.shared();
+        },
+    );
 }
 
 #[test]
-#[should_panic(
-    expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusiveEx called at IRQL 2"
-)]
 fn exclusive_ex_acquire_at_dispatch_panics() {
-    let _sim = Sim::new();
-    // IRQL is checked first: even an invalid lock pointer reports the IRQL.
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    // SAFETY: the routine panics on the IRQL before touching the pointer.
-    unsafe { FltAcquirePushLockExclusiveEx(std::ptr::null_mut(), 0) };
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusiveEx called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            // IRQL is checked first: even an invalid lock pointer reports the IRQL.
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            // SAFETY: the routine panics on the IRQL before touching the pointer.
+            unsafe { FltAcquirePushLockExclusiveEx(std::ptr::null_mut(), 0) };
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2")]
 fn release_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    lock.exclusive();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    lock.release();
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            lock.exclusive();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            lock.release();
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltInitializePushLock called at IRQL 2")]
 fn initialize_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    Lock::storage().init();
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltInitializePushLock called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            Lock::storage().init();
+        },
+    );
 }
 
 #[test]
-#[should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2")]
 fn delete_at_dispatch_panics() {
-    let _sim = Sim::new();
-    let lock = Lock::new();
-    let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
-    lock.delete();
+    expect_bugcheck(
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2",
+        || {
+            let _sim = Sim::new();
+            let lock = Lock::new();
+            let _dispatch = irql::raise(irql::DISPATCH_LEVEL);
+            lock.delete();
+        },
+    );
 }

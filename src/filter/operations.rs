@@ -104,29 +104,28 @@ fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const F
     {
         return;
     }
-    let key = match known {
-        Some(key) => key,
-        None => {
-            let Some(standard) =
-                query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)
-            else {
-                return;
-            };
-            if standard.Directory {
-                return;
-            }
-            let Some(key) = file_key(instance, file) else {
-                return;
-            };
-            key
-        }
+    let Some(key) = known.or_else(|| file_key_unless_directory(instance, file)) else {
+        return;
     };
     let name = FileName::get(data);
-    let outcome = owner.tallies().write().record_open(key, name.units(), now());
+    let outcome = owner
+        .tallies()
+        .write()
+        .record_open(key, name.units(), now());
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
         attach_stream_context(instance, file, key);
     }
+}
+
+/// The key of a file seen for the first time, or `None` for a directory (or if the file system
+/// cannot tell).
+fn file_key_unless_directory(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<FileKey> {
+    let standard = query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)?;
+    if standard.Directory {
+        return None;
+    }
+    file_key(instance, file)
 }
 
 /// The file's key: the 128-bit file ID where the file system has one, else the 64-bit index number.

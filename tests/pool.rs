@@ -1,17 +1,18 @@
 //! `iotally::pool` allocators through the simulated pool: accounting by tag, zero-size and
 //! over-aligned layouts, IRQL rules, and fallibility under fault injection (no panic, no leak).
 //!
-//! IRQL misuse runs in a child process ([`misuse_in_child`]): in release builds fltsim catches it by
-//! panicking inside `ExAllocatePool2`/`ExFreePoolWithTag`, and unwinding from there crosses the
-//! driver's non-unwinding windows-sys import (seen here: the destructors in between were skipped, the
-//! test's `Sim` was never dropped and the other tests waited for it forever; elsewhere the process
-//! aborted). The child prints the panic message before any unwinding; the parent raises it again.
+//! IRQL misuse is a death test ([`expect_bugcheck`]): the scenario runs in a child process, which
+//! must die with the expected message. In release builds fltsim catches the misuse inside
+//! `ExAllocatePool2`/`ExFreePoolWithTag`, whose panic cannot unwind out of the `extern "system"`
+//! export: the process aborts, like a bugcheck. In debug builds the allocator's own IRQL assertion
+//! panics first, with an `iotally: ` message, and the child fails with that message.
 
 use core::alloc::Layout;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use allocator_api2::vec::Vec;
+use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
 use fltsim::pool::{FaultPlan, PoolUsage, set_fault_injection};
 use hashbrown::HashMap;
@@ -19,31 +20,6 @@ use iotally::pool::{MAX_ALIGN, NonPagedPool, PagedPool, Tag, tags};
 use iotally::sync::PushLock;
 
 const TEST_TAG: Tag = Tag::new(*b"ItT2");
-
-/// Environment variable naming the one test a child process of [`misuse_in_child`] runs.
-const MISUSE_CHILD: &str = "IOTALLY_MISUSE_CHILD";
-
-/// In the test named `test`: runs `misuse` in a child process (this binary, running only `test`),
-/// then panics here with the first panic message the child printed, or returns if it printed none.
-/// In that child: runs `misuse`. See the module documentation for why.
-fn misuse_in_child(test: &str, misuse: impl FnOnce()) {
-    if std::env::var(MISUSE_CHILD).is_ok_and(|name| name == test) {
-        misuse();
-        return;
-    }
-    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(MISUSE_CHILD, test)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run the test binary again");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let mut lines = stderr.lines();
-    if lines.any(|line| line.contains(" panicked at ")) {
-        let message = lines.next().unwrap_or("(a panic without a message)");
-        panic!("{message}");
-    }
-}
 
 /// `(bytes, count)` outstanding under `tag`.
 fn outstanding(tag: Tag) -> (usize, usize) {
@@ -182,20 +158,13 @@ fn paged_pool_works_at_apc_level() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(
-        expected = "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2"
-    )
-)]
 fn paged_allocation_at_dispatch_level_is_caught() {
-    misuse_in_child("paged_allocation_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let _dispatch = raise(DISPATCH_LEVEL);
         let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
@@ -203,20 +172,13 @@ fn paged_allocation_at_dispatch_level_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(
-        expected = "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)"
-    )
-)]
 fn paged_free_at_dispatch_level_is_caught() {
-    misuse_in_child("paged_free_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
         let _dispatch = raise(DISPATCH_LEVEL);

@@ -4,14 +4,13 @@
 //!
 //! Run both ways: `cargo test --test push_lock` and `cargo test --release --test push_lock`.
 //!
-//! Misuse runs in a child process ([`misuse_in_child`]): this test binary, re-run for that one test,
-//! whose first panic message is raised again in the parent for `should_panic` to check. In release
-//! builds it is fltsim that catches the misuse, by panicking inside the simulated routine, and
-//! unwinding from there crosses the driver's call of a windows-sys import, which Rust declares
-//! non-unwinding (`extern "system"`). Seen here: that either skips the destructors in between (a
-//! test's `Sim` was never dropped and every later test waited for it) or aborts the process ("failed
-//! to initiate panic"). A child process can do either without harming the other tests; the panic
-//! message is printed before any unwinding starts.
+//! Misuse that reaches a simulated routine is a death test ([`expect_bugcheck`]): the scenario runs
+//! in a child process, which must die with the expected message. In release builds fltsim catches
+//! the misuse inside the simulated routine, and its panic cannot unwind out of that `extern "system"`
+//! export: the process aborts, like a bugcheck. In debug builds the lock's own diagnostics panic
+//! first, with an `iotally: ` message, and the child fails with that message. The recursive shared
+//! acquire with no writer waiting is refused by the diagnostics alone (debug builds), before any
+//! simulated routine runs, so that test is an ordinary `should_panic` test.
 
 use std::mem::size_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -21,6 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use allocator_api2::boxed::Box;
+use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{DISPATCH_LEVEL, raise};
 use iotally::pool::{PagedPool, Tag, tags};
 use iotally::sync::{PushLock, PushLockReadGuard, PushLockWriteGuard};
@@ -36,31 +36,6 @@ fn new_lock<T>(value: T) -> Pin<Box<PushLock<T>, PagedPool>> {
 fn word<T>(lock: &PushLock<T>) -> usize {
     // SAFETY: the word is 8-byte aligned, alive while `lock` is borrowed, and only accessed atomically.
     unsafe { AtomicUsize::from_ptr(lock.as_raw()) }.load(Ordering::SeqCst)
-}
-
-/// Environment variable naming the one test a child process of [`misuse_in_child`] runs.
-const MISUSE_CHILD: &str = "IOTALLY_MISUSE_CHILD";
-
-/// In the test named `test`: runs `misuse` in a child process (this binary, running only `test`),
-/// then panics here with the first panic message the child printed, or returns if it printed none.
-/// In that child: runs `misuse`. See the module documentation for why.
-fn misuse_in_child(test: &str, misuse: impl FnOnce()) {
-    if std::env::var(MISUSE_CHILD).is_ok_and(|name| name == test) {
-        misuse();
-        return;
-    }
-    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(MISUSE_CHILD, test)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run the test binary again");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let mut lines = stderr.lines();
-    if lines.any(|line| line.contains(" panicked at ")) {
-        let message = lines.next().unwrap_or("(a panic without a message)");
-        panic!("{message}");
-    }
 }
 
 /// Waits (yielding, no timeout) until `done()` holds.
@@ -211,18 +186,13 @@ fn guards_release_when_a_panic_unwinds() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: push lock deadlock")
-)]
 fn recursive_exclusive_acquire_is_caught() {
-    misuse_in_child("recursive_exclusive_acquire_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)"
+    } else {
+        "fltsim: push lock deadlock"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _outer = lock.write();
@@ -231,18 +201,13 @@ fn recursive_exclusive_acquire_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: push lock deadlock")
-)]
 fn shared_to_exclusive_upgrade_is_caught() {
-    misuse_in_child("shared_to_exclusive_upgrade_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)"
+    } else {
+        "fltsim: push lock deadlock"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _shared = lock.read();
@@ -251,18 +216,13 @@ fn shared_to_exclusive_upgrade_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: push lock deadlock")
-)]
 fn shared_acquire_by_the_exclusive_holder_is_caught() {
-    misuse_in_child("shared_acquire_by_the_exclusive_holder_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
+    } else {
+        "fltsim: push lock deadlock"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _exclusive = lock.write();
@@ -273,30 +233,21 @@ fn shared_acquire_by_the_exclusive_holder_is_caught() {
 /// A second shared acquire hangs on Windows once a writer waits in between; debug builds refuse it
 /// at once, and fltsim catches the hang itself.
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: push lock deadlock")
-)]
 fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
-    misuse_in_child(
-        "recursive_shared_acquire_with_a_waiting_writer_is_caught",
-        || {
-            let _sim = fltsim::Sim::new();
-            let lock: &'static PushLock<u32> =
-                std::boxed::Box::leak(std::boxed::Box::new(new_lock(0)));
-            let _first = lock.read();
-            // Not scoped: the writer must not keep the child alive if the first hold is stranded.
-            thread::spawn(move || *lock.write() += 1);
-            wait_for_waiters(lock, 1, || false);
-            let _second = lock.read();
-        },
-    );
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
+    } else {
+        "fltsim: push lock deadlock"
+    };
+    expect_bugcheck(expected, || {
+        let _sim = fltsim::Sim::new();
+        let lock: &'static PushLock<u32> = std::boxed::Box::leak(std::boxed::Box::new(new_lock(0)));
+        let _first = lock.read();
+        // Not scoped: the writer must not keep the child alive if the first hold is stranded.
+        thread::spawn(move || *lock.write() += 1);
+        wait_for_waiters(lock, 1, || false);
+        let _second = lock.read();
+    });
 }
 
 /// Debug builds refuse a recursive shared acquire even with no writer waiting: it is a hang waiting
@@ -307,12 +258,10 @@ fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
     expected = "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
 )]
 fn recursive_shared_acquire_is_caught_in_debug_builds() {
-    misuse_in_child("recursive_shared_acquire_is_caught_in_debug_builds", || {
-        let _sim = fltsim::Sim::new();
-        let lock = new_lock(0_u32);
-        let _first = lock.read();
-        let _second = lock.read();
-    });
+    let _sim = fltsim::Sim::new();
+    let lock = new_lock(0_u32);
+    let _first = lock.read();
+    let _second = lock.read();
 }
 
 /// Moves a `!Send` guard to another thread: exactly the misuse the diagnostics exist for.
@@ -322,18 +271,13 @@ struct Smuggled<G>(G);
 unsafe impl<G> Send for Smuggled<G> {}
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "by a thread that does not hold it")
-)]
 fn exclusive_release_on_another_thread_is_caught() {
-    misuse_in_child("exclusive_release_on_another_thread_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop"
+    } else {
+        "by a thread that does not hold it"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let smuggled = Smuggled(lock.write());
@@ -344,18 +288,13 @@ fn exclusive_release_on_another_thread_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: push lock released on the wrong thread: PushLockReadGuard::drop"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "by a thread that does not hold it")
-)]
 fn shared_release_on_another_thread_is_caught() {
-    misuse_in_child("shared_release_on_another_thread_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: push lock released on the wrong thread: PushLockReadGuard::drop"
+    } else {
+        "by a thread that does not hold it"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let smuggled = Smuggled(lock.read());
@@ -409,20 +348,13 @@ fn in_place_lock_in_pool_memory_is_deleted_by_drop_in_place() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::read (FltAcquirePushLockShared) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(
-        expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2"
-    )
-)]
 fn shared_acquire_at_dispatch_level_is_caught() {
-    misuse_in_child("shared_acquire_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::read (FltAcquirePushLockShared) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);
@@ -431,20 +363,13 @@ fn shared_acquire_at_dispatch_level_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::write (FltAcquirePushLockExclusive) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(
-        expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2"
-    )
-)]
 fn exclusive_acquire_at_dispatch_level_is_caught() {
-    misuse_in_child("exclusive_acquire_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::write (FltAcquirePushLockExclusive) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);
@@ -453,18 +378,13 @@ fn exclusive_acquire_at_dispatch_level_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLockWriteGuard::drop (FltReleasePushLock) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2")
-)]
 fn release_at_dispatch_level_is_caught() {
-    misuse_in_child("release_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLockWriteGuard::drop (FltReleasePushLock) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let guard = lock.write();
@@ -474,18 +394,13 @@ fn release_at_dispatch_level_is_caught() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    should_panic(
-        expected = "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::drop (FltDeletePushLock) called at IRQL DISPATCH_LEVEL (2)"
-    )
-)]
-#[cfg_attr(
-    not(debug_assertions),
-    should_panic(expected = "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2")
-)]
 fn delete_at_dispatch_level_is_caught() {
-    misuse_in_child("delete_at_dispatch_level_is_caught", || {
+    let expected = if cfg!(debug_assertions) {
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::drop (FltDeletePushLock) called at IRQL DISPATCH_LEVEL (2)"
+    } else {
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2"
+    };
+    expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
         let _dispatch = raise(DISPATCH_LEVEL);

@@ -434,11 +434,7 @@ pub(crate) fn free(pointer: *mut c_void, tag: u32) {
 /// `ExAllocatePool2`: zeroed (unless `POOL_FLAG_UNINITIALIZED`) pool memory charged to `tag`, or
 /// NULL. IRQL <= `APC_LEVEL` for paged pool, <= `DISPATCH_LEVEL` for nonpaged.
 #[unsafe(no_mangle)]
-pub extern "system" fn ExAllocatePool2(
-    flags: u64,
-    numberofbytes: usize,
-    tag: u32,
-) -> *mut c_void {
+pub extern "system" fn ExAllocatePool2(flags: u64, numberofbytes: usize, tag: u32) -> *mut c_void {
     allocate(flags, numberofbytes, tag)
 }
 

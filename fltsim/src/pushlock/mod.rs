@@ -186,10 +186,7 @@ pub unsafe extern "system" fn FltAcquirePushLockSharedEx(pushlock: *mut usize, f
 /// # Safety
 /// `pushlock` must point to a push lock initialized with `FltInitializePushLock`.
 #[unsafe(no_mangle)]
-pub unsafe extern "system" fn FltAcquirePushLockExclusiveEx(
-    pushlock: *mut usize,
-    flags: u32,
-) {
+pub unsafe extern "system" fn FltAcquirePushLockExclusiveEx(pushlock: *mut usize, flags: u32) {
     const ROUTINE: &str = "FltAcquirePushLockExclusiveEx";
     irql::check_max(ROUTINE, APC_LEVEL);
     check_flags(ROUTINE, flags);

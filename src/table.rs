@@ -5,7 +5,7 @@
 //! atomic counters of an existing entry and so run under the **shared** lock ([`Table::record_io`]).
 //!
 //! Every allocation is fallible: a failed allocation drops that one tally and is counted in
-//! [`Stats::allocation_failures`]; the table stays consistent. Counters saturate at `u64::MAX`
+//! [`StatsSnapshot::allocation_failures`]; the table stays consistent. Counters saturate at `u64::MAX`
 //! instead of wrapping.
 //!
 //! When the table holds [`Table::max_entries`] entries, inserting a new file evicts the entry seen

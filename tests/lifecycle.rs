@@ -14,7 +14,9 @@ fn load_and_unload_register_and_unregister_exactly_once() {
     assert!(sim.filter().is_some());
     let logged = fltsim::kernel::debug_log();
     assert!(
-        logged.iter().any(|line| line.text == "iotally: filtering; at most 4096 files tallied per volume\n"),
+        logged
+            .iter()
+            .any(|line| line.text == "iotally: filtering; at most 4096 files tallied per volume\n"),
         "{logged:?}"
     );
     assert_eq!(sim.unload(false), STATUS_SUCCESS);

@@ -3,11 +3,16 @@
 //! A simulated export cannot panic: it is an `extern "system"` function, and a panic unwinding out
 //! of one aborts the whole process ("panic in a function that cannot unwind"), which would also kill
 //! the test harness. So an export that detects a broken rule (where Windows would bugcheck or hang)
-//! calls [`violation`], which records the first message and returns; the export then fails the call
+//! calls `violation`, which records the first message and returns; the export then fails the call
 //! as harmlessly as it can. The simulator panics with the recorded message, from ordinary Rust code,
 //! as soon as control is back in it: after every driver callback it runs, at the start and end of
 //! every [`crate::Sim`] method, and when the `Sim` is dropped. Tests see the panic with
 //! `#[should_panic(expected = "fltsim: ...")]`.
+//!
+//! That is how Filter Manager routines report a broken contract (Filter Verifier's checks). The kernel
+//! routines whose misuse leaves nothing sane to return — pool, push locks, registry handles — instead
+//! stop the process, as a bugcheck stops the machine; tests of those use
+//! [`crate::bugcheck::expect_bugcheck`].
 
 use std::fmt;
 use std::sync::Mutex;

@@ -208,8 +208,9 @@ fn worker(sim: &Sim, volumes: &[Volume], thread: u64, ops: u64, done: &AtomicU64
             r"{}\{}-{file:04}.{}",
             scenario.dir, scenario.label, scenario.extension
         );
-        let Ok(mut handle) = sim.open(volume, &path, OpenOptions::create()) else {
-            continue;
+        let mut handle = match sim.open(volume, &path, OpenOptions::create()) {
+            Ok(handle) => handle,
+            Err(status) => panic!("open {path} failed: {status:#x}"),
         };
         let burst = 1 + rng.next() % 8;
         for i in 0..burst {

@@ -19,6 +19,7 @@
 //! panics too (an unhandled kernel exception is a bugcheck). Raised inside the `extern "system"`
 //! exports, these panics abort the process ([`crate::bugcheck`]).
 
+use crate::verifier::tag_text;
 use std::alloc::Layout;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
@@ -273,20 +274,6 @@ pub fn set_fault_injection(plan: FaultPlan) {
 #[must_use]
 pub fn injected_failures() -> u64 {
     with_pool(|pool| pool.injected)
-}
-
-/// A pool tag as `!poolused` shows it: its four bytes in memory order, `.` for unprintable ones.
-fn tag_text(tag: u32) -> String {
-    tag.to_le_bytes()
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                char::from(b)
-            } else {
-                '.'
-            }
-        })
-        .collect()
 }
 
 /// Whether `flags` ask for paged pool.

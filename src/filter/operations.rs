@@ -262,14 +262,8 @@ pub(super) unsafe extern "system" fn pre_read(
     objects: *const FLT_RELATED_OBJECTS,
     _completion_context: *mut *mut core::ffi::c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
-    // SAFETY: valid for the duration of the callback; the Read arm of the parameters union is the
-    // one Filter Manager fills for IRP_MJ_READ.
-    let (length, irp_flags, objects) = unsafe {
-        let iopb = &*(*data).Iopb;
-        (iopb.Parameters.Read.Length, iopb.IrpFlags, &*objects)
-    };
-    record_transfer(objects, irp_flags, Io::Read, length);
-    FLT_PREOP_SUCCESS_NO_CALLBACK
+    // SAFETY: Filter Manager's arguments to a pre-read, passed on as they came.
+    unsafe { pre_transfer(data, objects, Io::Read) }
 }
 
 /// `PreOperation` for `IRP_MJ_WRITE`.
@@ -278,12 +272,32 @@ pub(super) unsafe extern "system" fn pre_write(
     objects: *const FLT_RELATED_OBJECTS,
     _completion_context: *mut *mut core::ffi::c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
-    // SAFETY: as in `pre_read`, with the Write arm for IRP_MJ_WRITE.
+    // SAFETY: Filter Manager's arguments to a pre-write, passed on as they came.
+    unsafe { pre_transfer(data, objects, Io::Write) }
+}
+
+/// The work of pre-read and pre-write: tally the transfer, never ask for a post-operation callback.
+///
+/// # Safety
+/// `data` and `objects` must be the arguments of a pre-operation callback for `IRP_MJ_READ` (with
+/// `Io::Read`) or `IRP_MJ_WRITE` (with `Io::Write`), valid for the call.
+unsafe fn pre_transfer(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    io: Io,
+) -> FLT_PREOP_CALLBACK_STATUS {
+    // SAFETY: valid for the duration of the callback (the caller's contract); the Read arm of the
+    // parameters union is the one Filter Manager fills for IRP_MJ_READ, the Write arm for
+    // IRP_MJ_WRITE.
     let (length, irp_flags, objects) = unsafe {
         let iopb = &*(*data).Iopb;
-        (iopb.Parameters.Write.Length, iopb.IrpFlags, &*objects)
+        let length = match io {
+            Io::Read => iopb.Parameters.Read.Length,
+            Io::Write => iopb.Parameters.Write.Length,
+        };
+        (length, iopb.IrpFlags, &*objects)
     };
-    record_transfer(objects, irp_flags, Io::Write, length);
+    record_transfer(objects, irp_flags, io, length);
     FLT_PREOP_SUCCESS_NO_CALLBACK
 }
 

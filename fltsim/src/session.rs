@@ -348,6 +348,11 @@ pub(crate) fn build_report() -> Report {
                 "push locks never deleted: {push_locks} initialized without FltDeletePushLock"
             ));
         }
+        for key in crate::registry::open_handles() {
+            lines.push(format!(
+                "registry handle left open: {key} (ZwOpenKey without ZwClose)"
+            ));
+        }
     }
     Report { leaked_pool, lines }
 }

@@ -153,3 +153,13 @@ fn expect_bugcheck_fails_when_nothing_breaks() {
         "a body that returns must fail the death test"
     );
 }
+
+#[test]
+fn a_handle_left_open_by_an_unloaded_driver_is_reported() {
+    let sim = fltsim::Sim::new();
+    registry::create_key(KEY);
+    let (status, _leaked) = open(KEY, OBJ_KERNEL_HANDLE);
+    assert_eq!(status, STATUS_SUCCESS);
+    let report = sim.verifier_report();
+    assert!(report.mentions("registry handle left open"), "{report}");
+}

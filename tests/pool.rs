@@ -7,11 +7,14 @@
 //! export: the process aborts, like a bugcheck. In debug builds the allocator's own IRQL assertion
 //! panics first, with an `iotally: ` message, and the child fails with that message.
 
+mod common;
+
 use core::alloc::Layout;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use allocator_api2::vec::Vec;
+use common::by_build;
 use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
 use fltsim::pool::{FaultPlan, PoolUsage, set_fault_injection};
@@ -159,11 +162,10 @@ fn paged_pool_works_at_apc_level() {
 
 #[test]
 fn paged_allocation_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)",
+        "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let _dispatch = raise(DISPATCH_LEVEL);
@@ -173,11 +175,10 @@ fn paged_allocation_at_dispatch_level_is_caught() {
 
 #[test]
 fn paged_free_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)",
+        "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");

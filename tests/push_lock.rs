@@ -12,6 +12,8 @@
 //! acquire with no writer waiting is refused by the diagnostics alone (debug builds), before any
 //! simulated routine runs, so that test is an ordinary `should_panic` test.
 
+mod common;
+
 use std::mem::size_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -20,6 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use allocator_api2::boxed::Box;
+use common::by_build;
 use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{DISPATCH_LEVEL, raise};
 use iotally::pool::{PagedPool, Tag, tags};
@@ -187,11 +190,10 @@ fn guards_release_when_a_panic_unwinds() {
 
 #[test]
 fn recursive_exclusive_acquire_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)"
-    } else {
-        "fltsim: push lock deadlock"
-    };
+    let expected = by_build(
+        "iotally: push lock recursion: PushLock::write (FltAcquirePushLockExclusive)",
+        "fltsim: push lock deadlock",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -202,11 +204,10 @@ fn recursive_exclusive_acquire_is_caught() {
 
 #[test]
 fn shared_to_exclusive_upgrade_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)"
-    } else {
-        "fltsim: push lock deadlock"
-    };
+    let expected = by_build(
+        "iotally: push lock upgrade: PushLock::write (FltAcquirePushLockExclusive)",
+        "fltsim: push lock deadlock",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -217,11 +218,10 @@ fn shared_to_exclusive_upgrade_is_caught() {
 
 #[test]
 fn shared_acquire_by_the_exclusive_holder_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
-    } else {
-        "fltsim: push lock deadlock"
-    };
+    let expected = by_build(
+        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)",
+        "fltsim: push lock deadlock",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -234,11 +234,10 @@ fn shared_acquire_by_the_exclusive_holder_is_caught() {
 /// at once, and fltsim catches the hang itself.
 #[test]
 fn recursive_shared_acquire_with_a_waiting_writer_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)"
-    } else {
-        "fltsim: push lock deadlock"
-    };
+    let expected = by_build(
+        "iotally: push lock recursion: PushLock::read (FltAcquirePushLockShared)",
+        "fltsim: push lock deadlock",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock: &'static PushLock<u32> = std::boxed::Box::leak(std::boxed::Box::new(new_lock(0)));
@@ -272,11 +271,10 @@ unsafe impl<G> Send for Smuggled<G> {}
 
 #[test]
 fn exclusive_release_on_another_thread_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop"
-    } else {
-        "by a thread that does not hold it"
-    };
+    let expected = by_build(
+        "iotally: push lock released on the wrong thread: PushLockWriteGuard::drop",
+        "by a thread that does not hold it",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -289,11 +287,10 @@ fn exclusive_release_on_another_thread_is_caught() {
 
 #[test]
 fn shared_release_on_another_thread_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: push lock released on the wrong thread: PushLockReadGuard::drop"
-    } else {
-        "by a thread that does not hold it"
-    };
+    let expected = by_build(
+        "iotally: push lock released on the wrong thread: PushLockReadGuard::drop",
+        "by a thread that does not hold it",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -349,11 +346,10 @@ fn in_place_lock_in_pool_memory_is_deleted_by_drop_in_place() {
 
 #[test]
 fn shared_acquire_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::read (FltAcquirePushLockShared) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::read (FltAcquirePushLockShared) called at IRQL DISPATCH_LEVEL (2)",
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockShared called at IRQL 2",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -364,11 +360,10 @@ fn shared_acquire_at_dispatch_level_is_caught() {
 
 #[test]
 fn exclusive_acquire_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::write (FltAcquirePushLockExclusive) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::write (FltAcquirePushLockExclusive) called at IRQL DISPATCH_LEVEL (2)",
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltAcquirePushLockExclusive called at IRQL 2",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -379,11 +374,10 @@ fn exclusive_acquire_at_dispatch_level_is_caught() {
 
 #[test]
 fn release_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLockWriteGuard::drop (FltReleasePushLock) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLockWriteGuard::drop (FltReleasePushLock) called at IRQL DISPATCH_LEVEL (2)",
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleasePushLock called at IRQL 2",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);
@@ -395,11 +389,10 @@ fn release_at_dispatch_level_is_caught() {
 
 #[test]
 fn delete_at_dispatch_level_is_caught() {
-    let expected = if cfg!(debug_assertions) {
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::drop (FltDeletePushLock) called at IRQL DISPATCH_LEVEL (2)"
-    } else {
-        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2"
-    };
+    let expected = by_build(
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PushLock::drop (FltDeletePushLock) called at IRQL DISPATCH_LEVEL (2)",
+        "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltDeletePushLock called at IRQL 2",
+    );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let lock = new_lock(0_u32);

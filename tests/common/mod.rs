@@ -83,3 +83,13 @@ pub fn totals(counts: &Counts) -> (u64, u64, u64, u64, u64) {
         counts.bytes_written,
     )
 }
+
+/// The message a misuse dies with: the driver's own assertion in debug builds, fltsim's check in
+/// release builds (where the driver's tracking is compiled away).
+pub fn by_build(debug: &'static str, release: &'static str) -> &'static str {
+    if cfg!(debug_assertions) {
+        debug
+    } else {
+        release
+    }
+}

@@ -117,42 +117,32 @@ pub trait LockWord {
     fn fetch_and(&self, value: usize, order: Ordering) -> usize;
 }
 
-impl LockWord for core::sync::atomic::AtomicUsize {
-    fn load(&self, order: Ordering) -> usize {
-        self.load(order)
-    }
-    fn compare_exchange_weak(
-        &self,
-        current: usize,
-        new: usize,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<usize, usize> {
-        self.compare_exchange_weak(current, new, success, failure)
-    }
-    fn fetch_and(&self, value: usize, order: Ordering) -> usize {
-        self.fetch_and(value, order)
-    }
+/// Implements [`LockWord`] for an atomic type with the standard library's methods.
+macro_rules! lock_word {
+    ($atomic:ty) => {
+        impl LockWord for $atomic {
+            fn load(&self, order: Ordering) -> usize {
+                self.load(order)
+            }
+            fn compare_exchange_weak(
+                &self,
+                current: usize,
+                new: usize,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<usize, usize> {
+                self.compare_exchange_weak(current, new, success, failure)
+            }
+            fn fetch_and(&self, value: usize, order: Ordering) -> usize {
+                self.fetch_and(value, order)
+            }
+        }
+    };
 }
 
+lock_word!(core::sync::atomic::AtomicUsize);
 #[cfg(loom)]
-impl LockWord for loom::sync::atomic::AtomicUsize {
-    fn load(&self, order: Ordering) -> usize {
-        self.load(order)
-    }
-    fn compare_exchange_weak(
-        &self,
-        current: usize,
-        new: usize,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<usize, usize> {
-        self.compare_exchange_weak(current, new, success, failure)
-    }
-    fn fetch_and(&self, value: usize, order: Ordering) -> usize {
-        self.fetch_and(value, order)
-    }
-}
+lock_word!(loom::sync::atomic::AtomicUsize);
 
 /// What a parked thread waits for; also what a waker chooses to wake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

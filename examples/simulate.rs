@@ -247,14 +247,14 @@ fn print_instance(sim: &Sim, letter: &str, volume: Volume) {
         return;
     };
     rows.sort_by_key(|(_, c)| std::cmp::Reverse(c.bytes_read.saturating_add(c.bytes_written)));
+    let listed: Vec<String> = stats
+        .iter()
+        .map(|(stat, value)| format!("{} {value}", stat.name().replace('_', " ")))
+        .collect();
     println!(
-        "\n{letter} {name}: {} files tallied (inserts {}, hits {}, misses {}, evictions {}, allocation failures {})",
+        "\n{letter} {name}: {} files tallied ({})",
         rows.len(),
-        stats.inserts,
-        stats.hits,
-        stats.misses,
-        stats.evictions,
-        stats.allocation_failures
+        listed.join(", ")
     );
     println!(
         "  {:<44} {:>6} {:>7} {:>7} {:>10} {:>10}",

@@ -27,6 +27,7 @@ extern crate wdk_panic;
 #[cfg(all(windows, feature = "wdk"))]
 #[global_allocator]
 static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+pub mod stats;
 pub mod sync;
 pub mod table;
 

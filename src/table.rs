@@ -5,7 +5,7 @@
 //! atomic counters of an existing entry and so run under the **shared** lock ([`Table::record_io`]).
 //!
 //! Every allocation is fallible: a failed allocation drops that one tally and is counted in
-//! [`StatsSnapshot::allocation_failures`]; the table stays consistent. Counters saturate at `u64::MAX`
+//! [`Stat::AllocationFailures`]; the table stays consistent. Counters saturate at `u64::MAX`
 //! instead of wrapping.
 //!
 //! When the table holds [`Table::max_entries`] entries, inserting a new file evicts the entry seen
@@ -19,6 +19,8 @@ use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
+
+use crate::stats::{Stat, Stats, StatsSnapshot};
 
 /// The default bound on entries per instance: 4096 files.
 ///
@@ -129,45 +131,6 @@ fn saturating_add(counter: &AtomicU64, n: u64) {
     });
 }
 
-/// Per-instance statistics of the table itself.
-#[derive(Default)]
-pub struct Stats {
-    inserts: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
-    allocation_failures: AtomicU64,
-}
-
-/// A copy of [`Stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Entries created.
-    pub inserts: u64,
-    /// Opens, reads and writes that found their file's entry.
-    pub hits: u64,
-    /// Reads and writes whose file had no entry (evicted, or dropped by an allocation failure).
-    pub misses: u64,
-    /// Entries evicted to make room.
-    pub evictions: u64,
-    /// Tallies dropped because an allocation failed.
-    pub allocation_failures: u64,
-}
-
-impl Stats {
-    /// A snapshot of the statistics.
-    #[must_use]
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            inserts: self.inserts.load(Ordering::Relaxed),
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-            allocation_failures: self.allocation_failures.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// The tally table of one volume instance.
 pub struct Table<A: Allocator + Clone> {
     entries: HashMap<FileKey, Tally<A>, DefaultHashBuilder, A>,
@@ -233,22 +196,22 @@ impl<A: Allocator + Clone> Table<A> {
     /// Records a successful open of the file `key`, named `name` (UTF-16), at system time `now`.
     ///
     /// Needs exclusive access (the exclusive lock). Never panics; on allocation failure the table is
-    /// unchanged but for [`StatsSnapshot::allocation_failures`].
+    /// unchanged but for [`Stat::AllocationFailures`].
     pub fn record_open(&mut self, key: FileKey, name: &[u16], now: i64) -> OpenOutcome {
         let tick = self.tick();
         if let Some(tally) = self.entries.get(&key) {
             saturating_add(&tally.opens, 1);
             tally.touch(now, tick);
-            saturating_add(&self.stats.hits, 1);
+            self.stats.add(Stat::Hits, 1);
             return OpenOutcome::Hit;
         }
         let Some(name) = self.copy_name(name) else {
-            saturating_add(&self.stats.allocation_failures, 1);
+            self.stats.add(Stat::AllocationFailures, 1);
             return OpenOutcome::AllocationFailed;
         };
         // Reserve before evicting, so that a failed allocation leaves the table as it was.
         if self.entries.try_reserve(1).is_err() {
-            saturating_add(&self.stats.allocation_failures, 1);
+            self.stats.add(Stat::AllocationFailures, 1);
             return OpenOutcome::AllocationFailed;
         }
         let evicted = if self.entries.len() >= self.max_entries {
@@ -271,7 +234,7 @@ impl<A: Allocator + Clone> Table<A> {
                 last_tick: AtomicU64::new(tick),
             },
         );
-        saturating_add(&self.stats.inserts, 1);
+        self.stats.add(Stat::Inserts, 1);
         if evicted {
             OpenOutcome::InsertedAfterEviction
         } else {
@@ -290,7 +253,7 @@ impl<A: Allocator + Clone> Table<A> {
         };
         saturating_add(&tally.opens, 1);
         tally.touch(now, self.tick());
-        saturating_add(&self.stats.hits, 1);
+        self.stats.add(Stat::Hits, 1);
         true
     }
 
@@ -300,7 +263,7 @@ impl<A: Allocator + Clone> Table<A> {
     /// atomics change. Returns whether the file had an entry.
     pub fn record_io(&self, key: FileKey, io: Io, bytes: u64, now: i64) -> bool {
         let Some(tally) = self.entries.get(&key) else {
-            saturating_add(&self.stats.misses, 1);
+            self.stats.add(Stat::Misses, 1);
             return false;
         };
         let (count, total) = match io {
@@ -310,7 +273,7 @@ impl<A: Allocator + Clone> Table<A> {
         saturating_add(count, 1);
         saturating_add(total, bytes);
         tally.touch(now, self.tick());
-        saturating_add(&self.stats.hits, 1);
+        self.stats.add(Stat::Hits, 1);
         true
     }
 
@@ -334,7 +297,7 @@ impl<A: Allocator + Clone> Table<A> {
             return false;
         };
         self.entries.remove(&key);
-        saturating_add(&self.stats.evictions, 1);
+        self.stats.add(Stat::Evictions, 1);
         true
     }
 }
@@ -378,15 +341,11 @@ mod tests {
                 last_seen: 45,
             }
         );
+        let stats = table.stats();
         assert_eq!(
-            table.stats(),
-            StatsSnapshot {
-                inserts: 1,
-                hits: 4,
-                misses: 1,
-                evictions: 0,
-                allocation_failures: 0
-            }
+            Stat::ALL.map(|stat| stats.get(stat)),
+            [1, 4, 1, 0, 0],
+            "inserts, hits, misses, evictions, allocation failures"
         );
     }
 
@@ -414,7 +373,7 @@ mod tests {
         assert_eq!(table.len(), 3);
         assert!(table.get(FileKey(2)).is_none());
         assert!(table.get(FileKey(1)).is_some());
-        assert_eq!(table.stats().evictions, 1);
+        assert_eq!(table.stats().get(Stat::Evictions), 1);
     }
 
     #[test]

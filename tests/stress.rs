@@ -5,6 +5,7 @@ mod common;
 use common::{Loaded, totals};
 use fltsim::pool::{self, FaultPlan};
 use fltsim::{FileSystem, OpenOptions};
+use iotally::stats::Stat;
 
 #[test]
 fn concurrent_readers_and_writers_give_exact_totals() {
@@ -51,7 +52,7 @@ fn concurrent_readers_and_writers_give_exact_totals() {
         tallies.len(),
         4 + usize::try_from(THREADS * ROUNDS / 50).unwrap()
     );
-    assert_eq!(t.stats(c).allocation_failures, 0);
+    assert_eq!(t.stats(c).get(Stat::AllocationFailures), 0);
     t.unload_clean();
 }
 
@@ -72,7 +73,10 @@ fn eviction_keeps_the_bound_and_keeps_the_recent_files() {
     let expected: Vec<String> = (84..100).map(|i| format!(r"\f{i:03}")).collect();
     assert_eq!(tallies.keys().cloned().collect::<Vec<_>>(), expected);
     let stats = t.stats(c);
-    assert_eq!((stats.inserts, stats.evictions), (100, 84));
+    assert_eq!(
+        (stats.get(Stat::Inserts), stats.get(Stat::Evictions)),
+        (100, 84)
+    );
     t.unload_clean();
 }
 
@@ -85,7 +89,7 @@ fn io_on_an_evicted_file_is_a_miss_until_it_is_reopened() {
     let mut a = t.sim.open(c, r"\a", OpenOptions::open()).unwrap();
     let b = t.sim.open(c, r"\b", OpenOptions::open()).unwrap();
     a.read(10, 0);
-    assert_eq!(t.stats(c).misses, 1);
+    assert_eq!(t.stats(c).get(Stat::Misses), 1);
     assert_eq!(a.close(), 0);
     assert_eq!(b.close(), 0);
     let mut a = t.sim.open(c, r"\a", OpenOptions::open()).unwrap();
@@ -171,9 +175,10 @@ fn failed_table_allocations_are_counted_and_drop_only_that_tally() {
     assert_eq!(tallies.keys().collect::<Vec<_>>(), [r"\kept"]);
     assert_eq!(totals(&tallies[r"\kept"]), (2, 1, 0, 1, 0));
     let stats = t.stats(c);
-    assert!(stats.allocation_failures >= 1, "{stats:?}");
+    assert!(stats.get(Stat::AllocationFailures) >= 1, "{stats:?}");
     assert_eq!(
-        stats.misses, 0,
+        stats.get(Stat::Misses),
+        0,
         "an untallied file gets no stream context: its I/O is not looked up"
     );
     t.unload_clean();
@@ -194,7 +199,7 @@ fn a_stream_evicted_while_open_is_tallied_again_when_reopened() {
     let tallies = t.tallies(c).unwrap();
     assert_eq!(tallies.keys().collect::<Vec<_>>(), [r"\a"]);
     assert_eq!(totals(&tallies[r"\a"]), (1, 1, 1, 2, 3));
-    assert_eq!(t.stats(c).evictions, 2);
+    assert_eq!(t.stats(c).get(Stat::Evictions), 2);
     for handle in [first, b, again] {
         assert_eq!(handle.close(), 0);
     }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use fltsim::registry::{self, Value};
 use fltsim::{FileSystem, Sim, Volume, VolumeSpec};
-use iotally::table::{Counts, StatsSnapshot};
+use iotally::stats::StatsSnapshot;
+use iotally::table::Counts;
 
 /// The registry key iotally reads its settings from under fltsim.
 pub const PARAMETERS: &str = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\iotally\Parameters";

@@ -12,7 +12,7 @@ use std::sync::RwLock;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fltsim as _;
-use iotally::pool::{PagedPool, tags};
+use iotally::pool::{PagedAllocator, tags};
 use iotally::sync::PushLock;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
@@ -25,7 +25,7 @@ struct Word(UnsafeCell<usize>);
 
 fn bench_push_locks(c: &mut Criterion) {
     let _sim = fltsim::Sim::new();
-    let lock = PushLock::try_pin_in(0_u64, PagedPool::new(tags::PUSH_LOCK)).expect("pool");
+    let lock = PushLock::try_pin_in(0_u64, PagedAllocator::new(tags::PUSH_LOCK)).expect("pool");
     let word = Box::new(Word(UnsafeCell::new(0)));
     let raw = word.0.get();
     // SAFETY: boxed, 8-byte aligned, never moved; deleted below before it is freed.

@@ -1,7 +1,7 @@
 //! The driver's per-operation table work, measured in one run against a std baseline:
 //!
 //! - **read/write path** (what pre-read and pre-write do): shared lock + lookup + counter updates,
-//!   `PushLock<Table<PagedPool>>` vs `std::sync::RwLock<std HashMap>` doing the same updates;
+//!   `PushLock<Table<PagedAllocator>>` vs `std::sync::RwLock<std HashMap>` doing the same updates;
 //! - the same **without the lock**, to separate the table's cost from the lock's;
 //! - **reopen** (post-create on a tallied file): exclusive lock + lookup + updates, same baseline;
 //! - **open of a new file on a full table**: the O(n) least-recently-seen scan plus insert, at the
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fltsim as _;
-use iotally::pool::{PagedPool, tags};
+use iotally::pool::{PagedAllocator, tags};
 use iotally::sync::PushLock;
 use iotally::table::{DEFAULT_MAX_ENTRIES, FileKey, Io, Table};
 
@@ -33,8 +33,8 @@ struct Counters {
     last_seen: AtomicU64,
 }
 
-fn filled_table(max: usize, files: u128) -> Table<PagedPool> {
-    let mut table = Table::new_in(max, PagedPool::new(tags::TABLE));
+fn filled_table(max: usize, files: u128) -> Table<PagedAllocator> {
+    let mut table = Table::new_in(max, PagedAllocator::new(tags::TABLE));
     for id in 0..files {
         table.record_open(FileKey(id), NAME, 1);
     }
@@ -45,7 +45,7 @@ fn bench_table(c: &mut Criterion) {
     let _sim = fltsim::Sim::new();
     let lock = PushLock::try_pin_in(
         filled_table(DEFAULT_MAX_ENTRIES, FILES),
-        PagedPool::new(tags::PUSH_LOCK),
+        PagedAllocator::new(tags::PUSH_LOCK),
     )
     .expect("pool");
     let baseline: RwLock<HashMap<u128, Counters>> =

@@ -6,13 +6,13 @@
 
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_INSTANCE;
 
-use crate::pool::PagedPool;
+use crate::pool::PagedAllocator;
 use crate::table::Table;
 
 /// One instance's state, as seen by a visitor.
 pub struct InstanceView<'a> {
     volume_name: &'a [u16],
-    table: &'a Table<PagedPool>,
+    table: &'a Table<PagedAllocator>,
 }
 
 impl InstanceView<'_> {
@@ -24,7 +24,7 @@ impl InstanceView<'_> {
 
     /// The instance's tally table.
     #[must_use]
-    pub fn table(&self) -> &Table<PagedPool> {
+    pub fn table(&self) -> &Table<PagedAllocator> {
         self.table
     }
 }

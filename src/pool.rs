@@ -1,4 +1,4 @@
-//! Pool allocators: [`PagedPool`] and [`NonPagedPool`] over `ExAllocatePool2` / `ExFreePoolWithTag`,
+//! Pool allocators: [`PagedAllocator`] and [`NonPagedAllocator`] over `ExAllocatePool2` / `ExFreePoolWithTag`,
 //! each with a readable [`Tag`], implementing [`allocator_api2::alloc::Allocator`] so that
 //! `hashbrown` tables and `allocator_api2` boxes and vectors can live in the pool of their choice.
 //!
@@ -9,8 +9,8 @@
 //!   allocators never panic. Use only the `try_*` constructors of the collections (`Vec::try_reserve`,
 //!   `HashMap::try_reserve`, `Box::try_new_in`); their infallible forms would call the global
 //!   out-of-memory handler, which aborts (a bugcheck).
-//! - **Paged pool only at `IRQL <= APC_LEVEL`**: [`PagedPool`] asserts it on allocation and on free
-//!   in debug builds ([`crate::irql::assert_at_most`]). [`NonPagedPool`] asserts `<= DISPATCH_LEVEL`.
+//! - **Paged pool only at `IRQL <= APC_LEVEL`**: [`PagedAllocator`] asserts it on allocation and on free
+//!   in debug builds ([`crate::irql::assert_at_most`]). [`NonPagedAllocator`] asserts `<= DISPATCH_LEVEL`.
 //! - **Zero-size allocations** do not call the pool: they return a dangling, well-aligned pointer,
 //!   and freeing them does nothing.
 //! - `ExAllocatePool2` returns zeroed memory, so `allocate_zeroed` costs nothing extra.
@@ -205,24 +205,24 @@ pub mod tags {
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
 /// use allocator_api2::vec::Vec;
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 ///
-/// let mut names: Vec<u16, PagedPool> = Vec::new_in(PagedPool::new(tags::VOLUME_NAME));
+/// let mut names: Vec<u16, PagedAllocator> = Vec::new_in(PagedAllocator::new(tags::VOLUME_NAME));
 /// names.try_reserve(16).expect("paged pool");
 /// names.extend_from_slice(&[0x43, 0x3a]);
 /// assert_eq!(names.len(), 2);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PagedPool {
+pub struct PagedAllocator {
     tag: Tag,
 }
 
-impl PagedPool {
+impl PagedAllocator {
     /// An allocator of paged pool tagged `tag`.
     ///
     /// ```
-    /// use iotally::pool::{tags, PagedPool};
-    /// const TABLE_POOL: PagedPool = PagedPool::new(tags::TABLE);
+    /// use iotally::pool::{tags, PagedAllocator};
+    /// const TABLE_POOL: PagedAllocator = PagedAllocator::new(tags::TABLE);
     /// assert_eq!(TABLE_POOL.tag(), tags::TABLE);
     /// ```
     #[must_use]
@@ -233,8 +233,8 @@ impl PagedPool {
     /// The tag of every allocation made by this allocator.
     ///
     /// ```
-    /// use iotally::pool::{tags, PagedPool};
-    /// assert_eq!(PagedPool::new(tags::VOLUME_NAME).tag(), tags::VOLUME_NAME);
+    /// use iotally::pool::{tags, PagedAllocator};
+    /// assert_eq!(PagedAllocator::new(tags::VOLUME_NAME).tag(), tags::VOLUME_NAME);
     /// ```
     #[must_use]
     pub const fn tag(self) -> Tag {
@@ -251,22 +251,22 @@ impl PagedPool {
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
 /// use allocator_api2::boxed::Box;
-/// use iotally::pool::{tags, NonPagedPool};
+/// use iotally::pool::{tags, NonPagedAllocator};
 ///
-/// let counter = Box::try_new_in(0_u64, NonPagedPool::new(tags::TABLE)).expect("non-paged pool");
+/// let counter = Box::try_new_in(0_u64, NonPagedAllocator::new(tags::TABLE)).expect("non-paged pool");
 /// assert_eq!(*counter, 0);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NonPagedPool {
+pub struct NonPagedAllocator {
     tag: Tag,
 }
 
-impl NonPagedPool {
+impl NonPagedAllocator {
     /// An allocator of non-paged pool tagged `tag`.
     ///
     /// ```
-    /// use iotally::pool::{tags, NonPagedPool};
-    /// assert_eq!(NonPagedPool::new(tags::TABLE).tag(), tags::TABLE);
+    /// use iotally::pool::{tags, NonPagedAllocator};
+    /// assert_eq!(NonPagedAllocator::new(tags::TABLE).tag(), tags::TABLE);
     /// ```
     #[must_use]
     pub const fn new(tag: Tag) -> Self {
@@ -276,8 +276,8 @@ impl NonPagedPool {
     /// The tag of every allocation made by this allocator.
     ///
     /// ```
-    /// use iotally::pool::{tags, NonPagedPool};
-    /// assert_eq!(NonPagedPool::new(tags::FILE_NAME).tag(), tags::FILE_NAME);
+    /// use iotally::pool::{tags, NonPagedAllocator};
+    /// assert_eq!(NonPagedAllocator::new(tags::FILE_NAME).tag(), tags::FILE_NAME);
     /// ```
     #[must_use]
     pub const fn tag(self) -> Tag {
@@ -297,16 +297,16 @@ struct PoolKind {
 const PAGED: PoolKind = PoolKind {
     flags: POOL_FLAG_PAGED,
     ceiling: Irql::APC,
-    allocate: "PagedPool::allocate (ExAllocatePool2, paged)",
-    free: "PagedPool::deallocate (ExFreePoolWithTag, paged)",
+    allocate: "PagedAllocator::allocate (ExAllocatePool2, paged)",
+    free: "PagedAllocator::deallocate (ExFreePoolWithTag, paged)",
 };
 
 /// Non-paged pool: `IRQL <= DISPATCH_LEVEL`.
 const NON_PAGED: PoolKind = PoolKind {
     flags: POOL_FLAG_NON_PAGED,
     ceiling: Irql::DISPATCH,
-    allocate: "NonPagedPool::allocate (ExAllocatePool2, non-paged)",
-    free: "NonPagedPool::deallocate (ExFreePoolWithTag, non-paged)",
+    allocate: "NonPagedAllocator::allocate (ExAllocatePool2, non-paged)",
+    free: "NonPagedAllocator::deallocate (ExFreePoolWithTag, non-paged)",
 };
 
 /// `ExAllocatePool2` for `layout`, or `Err(AllocError)`; never panics (outside debug IRQL checks).
@@ -349,7 +349,7 @@ unsafe fn deallocate(kind: &PoolKind, tag: Tag, block: NonNull<u8>, layout: Layo
 // `deallocate`), and any copy of the allocator can free them (the pool is global; copies have the same
 // tag). Zero-size blocks are dangling, aligned and never passed to the pool. The default `grow` and
 // `shrink` allocate, copy and free through these methods.
-unsafe impl Allocator for PagedPool {
+unsafe impl Allocator for PagedAllocator {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         allocate(&PAGED, self.tag, layout)
@@ -369,8 +369,8 @@ unsafe impl Allocator for PagedPool {
     }
 }
 
-// SAFETY: as for `PagedPool`, with non-paged pool.
-unsafe impl Allocator for NonPagedPool {
+// SAFETY: as for `PagedAllocator`, with non-paged pool.
+unsafe impl Allocator for NonPagedAllocator {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         allocate(&NON_PAGED, self.tag, layout)

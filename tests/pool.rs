@@ -19,7 +19,7 @@ use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL, raise};
 use fltsim::pool::{FaultPlan, PoolUsage, set_fault_injection};
 use hashbrown::HashMap;
-use iotally::pool::{MAX_ALIGN, NonPagedPool, PagedPool, Tag, tags};
+use iotally::pool::{MAX_ALIGN, NonPagedAllocator, PagedAllocator, Tag, tags};
 use iotally::sync::PushLock;
 
 const TEST_TAG: Tag = Tag::new(*b"ItT2");
@@ -35,7 +35,7 @@ fn outstanding(tag: Tag) -> (usize, usize) {
 #[test]
 fn paged_allocations_are_accounted_under_their_tag_and_freed() {
     let _sim = fltsim::Sim::new();
-    let mut bytes: Vec<u8, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    let mut bytes: Vec<u8, PagedAllocator> = Vec::new_in(PagedAllocator::new(TEST_TAG));
     bytes.try_reserve_exact(100).expect("pool");
     bytes.extend_from_slice(b"tally");
     assert_eq!(outstanding(TEST_TAG), (100, 1));
@@ -50,7 +50,7 @@ fn paged_allocations_are_accounted_under_their_tag_and_freed() {
 #[test]
 fn non_paged_boxes_are_accounted_and_freed() {
     let _sim = fltsim::Sim::new();
-    let boxed = Box::try_new_in([7_u64; 4], NonPagedPool::new(TEST_TAG)).expect("pool");
+    let boxed = Box::try_new_in([7_u64; 4], NonPagedAllocator::new(TEST_TAG)).expect("pool");
     assert_eq!(outstanding(TEST_TAG), (32, 1));
     assert_eq!(*boxed, [7; 4]);
     drop(boxed);
@@ -60,10 +60,10 @@ fn non_paged_boxes_are_accounted_and_freed() {
 #[test]
 fn tables_can_live_in_paged_pool() {
     let _sim = fltsim::Sim::new();
-    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
+    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedAllocator> =
         HashMap::with_hasher_in(
             hashbrown::DefaultHashBuilder::default(),
-            PagedPool::new(tags::TABLE),
+            PagedAllocator::new(tags::TABLE),
         );
     for key in 0..1_000 {
         table.try_reserve(1).expect("pool");
@@ -78,7 +78,7 @@ fn tables_can_live_in_paged_pool() {
 #[test]
 fn blocks_are_aligned_and_zeroed() {
     let _sim = fltsim::Sim::new();
-    let pool = PagedPool::new(TEST_TAG);
+    let pool = PagedAllocator::new(TEST_TAG);
     for size in [1, 8, 24, 100, 4_096, 10_000] {
         let layout = Layout::from_size_align(size, MAX_ALIGN).expect("layout");
         let block = pool.allocate_zeroed(layout).expect("pool");
@@ -95,7 +95,7 @@ fn blocks_are_aligned_and_zeroed() {
 #[test]
 fn zero_size_allocations_do_not_touch_the_pool() {
     let _sim = fltsim::Sim::new();
-    for pool in [PagedPool::new(TEST_TAG)] {
+    for pool in [PagedAllocator::new(TEST_TAG)] {
         for align in [1, 2, 8, 16] {
             let layout = Layout::from_size_align(0, align).expect("layout");
             let block = pool
@@ -108,7 +108,7 @@ fn zero_size_allocations_do_not_touch_the_pool() {
             unsafe { pool.deallocate(block.cast(), layout) };
         }
     }
-    let empty = Box::try_new_in((), NonPagedPool::new(TEST_TAG)).expect("no allocation");
+    let empty = Box::try_new_in((), NonPagedAllocator::new(TEST_TAG)).expect("no allocation");
     drop(empty);
     assert!(fltsim::pool::outstanding().is_empty());
 }
@@ -117,9 +117,12 @@ fn zero_size_allocations_do_not_touch_the_pool() {
 fn alignment_above_the_pool_guarantee_is_refused() {
     let _sim = fltsim::Sim::new();
     let layout = Layout::from_size_align(64, 2 * MAX_ALIGN).expect("layout");
-    assert_eq!(PagedPool::new(TEST_TAG).allocate(layout), Err(AllocError));
     assert_eq!(
-        NonPagedPool::new(TEST_TAG).allocate(layout),
+        PagedAllocator::new(TEST_TAG).allocate(layout),
+        Err(AllocError)
+    );
+    assert_eq!(
+        NonPagedAllocator::new(TEST_TAG).allocate(layout),
         Err(AllocError)
     );
     assert!(fltsim::pool::outstanding().is_empty());
@@ -128,13 +131,13 @@ fn alignment_above_the_pool_guarantee_is_refused() {
 #[test]
 fn sizes_the_pool_cannot_serve_are_errors() {
     let _sim = fltsim::Sim::new();
-    let mut huge: Vec<u8, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    let mut huge: Vec<u8, PagedAllocator> = Vec::new_in(PagedAllocator::new(TEST_TAG));
     assert!(huge.try_reserve(usize::MAX).is_err(), "capacity overflow");
     assert!(
         huge.try_reserve(isize::MAX as usize).is_err(),
         "more than the pool can give"
     );
-    let mut wide: Vec<u64, PagedPool> = Vec::new_in(PagedPool::new(TEST_TAG));
+    let mut wide: Vec<u64, PagedAllocator> = Vec::new_in(PagedAllocator::new(TEST_TAG));
     assert!(
         wide.try_reserve(usize::MAX / 4).is_err(),
         "size overflow in the layout"
@@ -146,7 +149,7 @@ fn sizes_the_pool_cannot_serve_are_errors() {
 fn non_paged_pool_works_at_dispatch_level() {
     let _sim = fltsim::Sim::new();
     let _dispatch = raise(DISPATCH_LEVEL);
-    let boxed = Box::try_new_in(1_u32, NonPagedPool::new(TEST_TAG)).expect("pool");
+    let boxed = Box::try_new_in(1_u32, NonPagedAllocator::new(TEST_TAG)).expect("pool");
     drop(boxed);
     assert!(fltsim::pool::outstanding().is_empty());
 }
@@ -155,7 +158,7 @@ fn non_paged_pool_works_at_dispatch_level() {
 fn paged_pool_works_at_apc_level() {
     let _sim = fltsim::Sim::new();
     let _apc = raise(APC_LEVEL);
-    let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
+    let boxed = Box::try_new_in(1_u32, PagedAllocator::new(TEST_TAG)).expect("pool");
     drop(boxed);
     assert!(fltsim::pool::outstanding().is_empty());
 }
@@ -163,25 +166,25 @@ fn paged_pool_works_at_apc_level() {
 #[test]
 fn paged_allocation_at_dispatch_level_is_caught() {
     let expected = by_build(
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)",
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedAllocator::allocate (ExAllocatePool2, paged) called at IRQL DISPATCH_LEVEL (2)",
         "fltsim: BAD_POOL_CALLER (0xC2, 0x08): ExAllocatePool2 of paged pool at IRQL 2",
     );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
         let _dispatch = raise(DISPATCH_LEVEL);
-        let _ = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG));
+        let _ = Box::try_new_in(1_u32, PagedAllocator::new(TEST_TAG));
     });
 }
 
 #[test]
 fn paged_free_at_dispatch_level_is_caught() {
     let expected = by_build(
-        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedPool::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)",
+        "iotally: IRQL_NOT_LESS_OR_EQUAL: PagedAllocator::deallocate (ExFreePoolWithTag, paged) called at IRQL DISPATCH_LEVEL (2)",
         "of paged pool at IRQL 2, above APC_LEVEL (Driver Verifier: 0xC4 / 0x11)",
     );
     expect_bugcheck(expected, || {
         let _sim = fltsim::Sim::new();
-        let boxed = Box::try_new_in(1_u32, PagedPool::new(TEST_TAG)).expect("pool");
+        let boxed = Box::try_new_in(1_u32, PagedAllocator::new(TEST_TAG)).expect("pool");
         let _dispatch = raise(DISPATCH_LEVEL);
         drop(boxed);
     });
@@ -190,8 +193,9 @@ fn paged_free_at_dispatch_level_is_caught() {
 #[test]
 fn paged_and_non_paged_allocations_land_in_their_pool() {
     let _sim = fltsim::Sim::new();
-    let paged = Box::try_new_in([0_u8; 24], PagedPool::new(tags::VOLUME_NAME)).expect("pool");
-    let non_paged = Box::try_new_in([0_u8; 40], NonPagedPool::new(tags::FILE_NAME)).expect("pool");
+    let paged = Box::try_new_in([0_u8; 24], PagedAllocator::new(tags::VOLUME_NAME)).expect("pool");
+    let non_paged =
+        Box::try_new_in([0_u8; 40], NonPagedAllocator::new(tags::FILE_NAME)).expect("pool");
     let usage = fltsim::pool::outstanding_by_pool();
     assert!(usage.contains(&PoolUsage {
         tag: tags::VOLUME_NAME.raw(),
@@ -216,23 +220,23 @@ fn paged_and_non_paged_allocations_land_in_their_pool() {
 fn every_allocation_failing_is_an_error_everywhere() {
     let _sim = fltsim::Sim::new();
     set_fault_injection(FaultPlan::EveryNth { n: 1, tag: None });
-    let paged = PagedPool::new(TEST_TAG);
+    let paged = PagedAllocator::new(TEST_TAG);
     assert_eq!(paged.allocate(Layout::new::<u64>()), Err(AllocError));
     assert_eq!(paged.allocate_zeroed(Layout::new::<u64>()), Err(AllocError));
     assert_eq!(
-        NonPagedPool::new(TEST_TAG).allocate(Layout::new::<u64>()),
+        NonPagedAllocator::new(TEST_TAG).allocate(Layout::new::<u64>()),
         Err(AllocError)
     );
     assert!(Box::try_new_in(1_u8, paged).is_err());
-    let mut bytes: Vec<u8, PagedPool> = Vec::new_in(paged);
+    let mut bytes: Vec<u8, PagedAllocator> = Vec::new_in(paged);
     assert!(bytes.try_reserve(10).is_err());
-    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedPool> =
+    let mut table: HashMap<u64, u64, hashbrown::DefaultHashBuilder, PagedAllocator> =
         HashMap::with_hasher_in(
             hashbrown::DefaultHashBuilder::default(),
-            PagedPool::new(tags::TABLE),
+            PagedAllocator::new(tags::TABLE),
         );
     assert!(table.try_reserve(10).is_err());
-    assert!(PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).is_err());
+    assert!(PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)).is_err());
     assert_eq!(
         fltsim::pushlock::live(),
         0,
@@ -250,14 +254,14 @@ fn every_allocation_failing_is_an_error_everywhere() {
 fn some_allocations_failing_leaves_no_leak() {
     const ATTEMPTS: usize = 2_000;
     let _sim = fltsim::Sim::new();
-    let keep = PagedPool::new(tags::TABLE);
-    let mut kept: Vec<Box<u64, PagedPool>, PagedPool> = Vec::new_in(keep);
+    let keep = PagedAllocator::new(tags::TABLE);
+    let mut kept: Vec<Box<u64, PagedAllocator>, PagedAllocator> = Vec::new_in(keep);
     kept.try_reserve_exact(ATTEMPTS)
         .expect("before the faults start");
     set_fault_injection(FaultPlan::percent(10, 0x1071, Some(TEST_TAG.raw())));
     let mut failed = 0;
     for value in 0..ATTEMPTS as u64 {
-        match Box::try_new_in(value, PagedPool::new(TEST_TAG)) {
+        match Box::try_new_in(value, PagedAllocator::new(TEST_TAG)) {
             Ok(boxed) => kept.push(boxed),
             Err(AllocError) => failed += 1,
         }

@@ -25,13 +25,13 @@ use allocator_api2::boxed::Box;
 use common::by_build;
 use fltsim::bugcheck::expect_bugcheck;
 use fltsim::irql::{DISPATCH_LEVEL, raise};
-use iotally::pool::{PagedPool, Tag, tags};
+use iotally::pool::{PagedAllocator, Tag, tags};
 use iotally::sync::{PushLock, PushLockReadGuard, PushLockWriteGuard};
 
 /// The tag of the locks these tests allocate.
-const POOL: PagedPool = PagedPool::new(tags::PUSH_LOCK);
+const POOL: PagedAllocator = PagedAllocator::new(tags::PUSH_LOCK);
 
-fn new_lock<T>(value: T) -> Pin<Box<PushLock<T>, PagedPool>> {
+fn new_lock<T>(value: T) -> Pin<Box<PushLock<T>, PagedAllocator>> {
     PushLock::try_pin_in(value, POOL).expect("the simulated pool does not fail unless told to")
 }
 
@@ -322,7 +322,7 @@ fn in_place_lock_in_pool_memory_is_deleted_by_drop_in_place() {
     use core::alloc::Layout;
 
     let _sim = fltsim::Sim::new();
-    let context_pool = PagedPool::new(tags::INSTANCE_CONTEXT);
+    let context_pool = PagedAllocator::new(tags::INSTANCE_CONTEXT);
     let layout = Layout::new::<PushLock<[u64; 4]>>();
     let memory = context_pool.allocate(layout).expect("pool");
     let slot = memory.cast::<PushLock<[u64; 4]>>().as_ptr();
@@ -576,7 +576,8 @@ fn failed_allocation_is_an_error_not_a_panic() {
 #[test]
 fn boxed_locks_are_accounted_under_their_tag() {
     let _sim = fltsim::Sim::new();
-    let lock = PushLock::try_pin_in([0_u8; 100], PagedPool::new(Tag::new(*b"ItT1"))).expect("pool");
+    let lock =
+        PushLock::try_pin_in([0_u8; 100], PagedAllocator::new(Tag::new(*b"ItT1"))).expect("pool");
     let rows = fltsim::pool::outstanding();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, u32::from_le_bytes(*b"ItT1"));

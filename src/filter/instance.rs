@@ -21,17 +21,17 @@ use windows_sys::Win32::Storage::InstallableFileSystems::{FLT_FILESYSTEM_TYPE, F
 use windows_sys::Win32::System::Ioctl::FILE_DEVICE_DISK_FILE_SYSTEM;
 
 use super::context::{Context, ContextRef};
-use crate::pool::{PagedPool, tags};
+use crate::pool::{PagedAllocator, tags};
 use crate::sync::PushLock;
 use crate::table::Table;
 
 /// The tally table of one instance, in paged pool.
-pub(crate) type InstanceTable = Table<PagedPool>;
+pub(crate) type InstanceTable = Table<PagedAllocator>;
 
 /// The instance context: one per attached volume, in paged pool, alive from InstanceSetup until
 /// Filter Manager deletes it after the instance tears down and its last reference is released.
 pub(crate) struct InstanceContext {
-    volume_name: allocator_api2::vec::Vec<u16, PagedPool>,
+    volume_name: allocator_api2::vec::Vec<u16, PagedAllocator>,
     tallies: PushLock<InstanceTable>,
 }
 
@@ -129,7 +129,9 @@ fn is_writable(volume: PFLT_VOLUME) -> bool {
 }
 
 /// Reads the volume's name into paged pool.
-fn volume_name(volume: PFLT_VOLUME) -> Result<allocator_api2::vec::Vec<u16, PagedPool>, NTSTATUS> {
+fn volume_name(
+    volume: PFLT_VOLUME,
+) -> Result<allocator_api2::vec::Vec<u16, PagedAllocator>, NTSTATUS> {
     let mut needed: u32 = 0;
     // SAFETY: a null name asks only for the size needed, which is written to `needed`.
     let status = unsafe { FltGetVolumeName(volume, ptr::null_mut(), &raw mut needed) };
@@ -137,7 +139,7 @@ fn volume_name(volume: PFLT_VOLUME) -> Result<allocator_api2::vec::Vec<u16, Page
         return Err(status);
     }
     let units = usize::try_from(needed).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)? / 2;
-    let mut name = allocator_api2::vec::Vec::new_in(PagedPool::new(tags::VOLUME_NAME));
+    let mut name = allocator_api2::vec::Vec::new_in(PagedAllocator::new(tags::VOLUME_NAME));
     name.try_reserve_exact(units)
         .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     let capacity = u16::try_from(name.capacity() * 2).unwrap_or(u16::MAX - 1);
@@ -186,7 +188,7 @@ fn allocate(volume: PFLT_VOLUME) -> Result<ContextRef<InstanceContext>, NTSTATUS
         ptr::write(&raw mut (*slot).volume_name, name);
         PushLock::init_in_place(
             &raw mut (*slot).tallies,
-            Table::new_in(max_entries, PagedPool::new(tags::TABLE)),
+            Table::new_in(max_entries, PagedAllocator::new(tags::TABLE)),
         );
         ContextRef::from_raw(raw).ok_or(STATUS_INSUFFICIENT_RESOURCES)
     }

@@ -80,12 +80,12 @@
 //! ```
 //! # use fltsim as _;
 //! # let _sim = fltsim::Sim::new();
-//! use iotally::pool::{tags, PagedPool};
+//! use iotally::pool::{tags, PagedAllocator};
 //! use iotally::sync::PushLock;
 //!
 //! struct Stats { opens: u64, reads: u64 }
 //!
-//! let stats = PushLock::try_pin_in(Stats { opens: 0, reads: 0 }, PagedPool::new(tags::PUSH_LOCK))
+//! let stats = PushLock::try_pin_in(Stats { opens: 0, reads: 0 }, PagedAllocator::new(tags::PUSH_LOCK))
 //!     .expect("paged pool");
 //! {
 //!     let mut stats = stats.write();
@@ -197,10 +197,10 @@ impl RawPushLock {
 /// ```
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
-/// use iotally::pool::{tags, NonPagedPool};
+/// use iotally::pool::{tags, NonPagedAllocator};
 /// use iotally::sync::PushLock;
 ///
-/// let names = PushLock::try_pin_in([0_u16; 8], NonPagedPool::new(tags::PUSH_LOCK)).expect("pool");
+/// let names = PushLock::try_pin_in([0_u16; 8], NonPagedAllocator::new(tags::PUSH_LOCK)).expect("pool");
 /// names.write()[0] = u16::from(b'C');
 /// assert_eq!(names.read()[0], 0x43);
 /// ```
@@ -210,11 +210,11 @@ impl RawPushLock {
 /// ```compile_fail,E0277
 /// # use fltsim as _;
 /// use core::cell::Cell;
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::PushLock;
 ///
 /// fn shared_across_threads<T: Sync>(_: &T) {}
-/// let lock = PushLock::try_pin_in(Cell::new(0), PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(Cell::new(0), PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// shared_across_threads(&*lock);
 /// ```
 #[repr(C)]
@@ -301,10 +301,10 @@ impl<T> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let Ok(counter) = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)) else {
+    /// let Ok(counter) = PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)) else {
     ///     return; // out of pool: a clean failure path, no panic
     /// };
     /// *counter.write() += 1;
@@ -335,10 +335,10 @@ impl<T: ?Sized> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let lock = PushLock::try_pin_in(vec![1, 2, 3], PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in(vec![1, 2, 3], PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// let items = lock.read();
     /// assert_eq!(items.len(), 3);
     /// ```
@@ -361,10 +361,10 @@ impl<T: ?Sized> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let lock = PushLock::try_pin_in(vec![1, 2, 3], PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in(vec![1, 2, 3], PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// lock.write().push(4);
     /// assert_eq!(*lock.read(), [1, 2, 3, 4]);
     /// ```
@@ -384,10 +384,10 @@ impl<T: ?Sized> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let mut lock = PushLock::try_pin_in(1_u8, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let mut lock = PushLock::try_pin_in(1_u8, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// *lock.as_mut().data_mut() = 2;
     /// assert_eq!(*lock.read(), 2);
     /// ```
@@ -409,10 +409,10 @@ impl<T: ?Sized> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// let guard = lock.write();
     /// debug_assert!(lock.is_locked_exclusive_by_current_thread());
     /// drop(guard);
@@ -429,10 +429,10 @@ impl<T: ?Sized> PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::PushLock;
     ///
-    /// let lock = PushLock::try_pin_in((), PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in((), PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// assert_eq!(lock.as_raw().addr() % 8, 0);
     /// assert_eq!(fltsim::pushlock::live_addresses(), [lock.as_raw().addr()]);
     /// ```
@@ -466,8 +466,8 @@ impl<T: ?Sized> fmt::Debug for PushLock<T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
-    /// let lock = iotally::sync::PushLock::try_pin_in(1, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// use iotally::pool::{tags, PagedAllocator};
+    /// let lock = iotally::sync::PushLock::try_pin_in(1, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// assert!(format!("{lock:?}").starts_with("PushLock { word: 0x"));
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -484,13 +484,13 @@ impl<T: ?Sized> fmt::Debug for PushLock<T> {
 /// ```
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::{PushLock, PushLockReadGuard};
 ///
 /// fn total(values: &PushLockReadGuard<'_, [u32; 3]>) -> u32 {
 ///     values.iter().sum()
 /// }
-/// let lock = PushLock::try_pin_in([1, 2, 3], PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in([1, 2, 3], PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// assert_eq!(total(&lock.read()), 6);
 /// ```
 ///
@@ -498,10 +498,10 @@ impl<T: ?Sized> fmt::Debug for PushLock<T> {
 ///
 /// ```compile_fail,E0277
 /// # use fltsim as _;
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::PushLock;
 ///
-/// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// let guard = lock.read();
 /// std::thread::scope(|s| {
 ///     s.spawn(move || drop(guard));
@@ -527,11 +527,11 @@ impl<'a, T: ?Sized> PushLockReadGuard<'a, T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::{PushLock, PushLockReadGuard};
     ///
     /// struct Instance { name: &'static str, files: u32 }
-    /// let lock = PushLock::try_pin_in(Instance { name: "C:", files: 3 }, PagedPool::new(tags::PUSH_LOCK))
+    /// let lock = PushLock::try_pin_in(Instance { name: "C:", files: 3 }, PagedAllocator::new(tags::PUSH_LOCK))
     ///     .unwrap();
     /// let name = PushLockReadGuard::map(lock.read(), |instance| &instance.name);
     /// assert_eq!(*name, "C:");
@@ -591,13 +591,13 @@ impl<T: ?Sized + fmt::Display> fmt::Display for PushLockReadGuard<'_, T> {
 /// ```
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::{PushLock, PushLockWriteGuard};
 ///
 /// fn bump(counter: &mut PushLockWriteGuard<'_, u64>) {
 ///     **counter += 1;
 /// }
-/// let lock = PushLock::try_pin_in(0, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(0, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// let mut guard = lock.write();
 /// bump(&mut guard);
 /// bump(&mut guard);
@@ -609,10 +609,10 @@ impl<T: ?Sized + fmt::Display> fmt::Display for PushLockReadGuard<'_, T> {
 ///
 /// ```compile_fail,E0277
 /// # use fltsim as _;
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::PushLock;
 ///
-/// let lock = PushLock::try_pin_in(0_u32, PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// let guard = lock.write();
 /// std::thread::scope(|s| {
 ///     s.spawn(move || drop(guard));
@@ -635,11 +635,11 @@ impl<'a, T: ?Sized> PushLockWriteGuard<'a, T> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::{PushLock, PushLockWriteGuard};
     ///
     /// struct Stats { reads: u64, writes: u64 }
-    /// let lock = PushLock::try_pin_in(Stats { reads: 0, writes: 0 }, PagedPool::new(tags::PUSH_LOCK))
+    /// let lock = PushLock::try_pin_in(Stats { reads: 0, writes: 0 }, PagedAllocator::new(tags::PUSH_LOCK))
     ///     .unwrap();
     /// let mut writes = PushLockWriteGuard::map(lock.write(), |stats| &mut stats.writes);
     /// *writes += 1;
@@ -711,10 +711,10 @@ impl<T: ?Sized + fmt::Display> fmt::Display for PushLockWriteGuard<'_, T> {
 /// ```
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::{MappedPushLockReadGuard, PushLock, PushLockReadGuard};
 ///
-/// let lock = PushLock::try_pin_in(((1, 2), 3), PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(((1, 2), 3), PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// let pair = PushLockReadGuard::map(lock.read(), |all| &all.0);
 /// let second = MappedPushLockReadGuard::map(pair, |pair| &pair.1);
 /// assert_eq!(*second, 2);
@@ -735,10 +735,10 @@ impl<'a, U: ?Sized> MappedPushLockReadGuard<'a, U> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::{MappedPushLockReadGuard, PushLock, PushLockReadGuard};
     ///
-    /// let lock = PushLock::try_pin_in([[1, 2], [3, 4]], PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in([[1, 2], [3, 4]], PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// let row = PushLockReadGuard::map(lock.read(), |rows| &rows[1]);
     /// assert_eq!(*MappedPushLockReadGuard::map(row, |row| &row[0]), 3);
     /// ```
@@ -789,10 +789,10 @@ impl<U: ?Sized + fmt::Debug> fmt::Debug for MappedPushLockReadGuard<'_, U> {
 /// ```
 /// # use fltsim as _;
 /// # let _sim = fltsim::Sim::new();
-/// use iotally::pool::{tags, PagedPool};
+/// use iotally::pool::{tags, PagedAllocator};
 /// use iotally::sync::{MappedPushLockWriteGuard, PushLock, PushLockWriteGuard};
 ///
-/// let lock = PushLock::try_pin_in(((1, 2), 3), PagedPool::new(tags::PUSH_LOCK)).unwrap();
+/// let lock = PushLock::try_pin_in(((1, 2), 3), PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
 /// let pair = PushLockWriteGuard::map(lock.write(), |all| &mut all.0);
 /// let mut second = MappedPushLockWriteGuard::map(pair, |pair| &mut pair.1);
 /// *second = 20;
@@ -815,10 +815,10 @@ impl<'a, U: ?Sized> MappedPushLockWriteGuard<'a, U> {
     /// ```
     /// # use fltsim as _;
     /// # let _sim = fltsim::Sim::new();
-    /// use iotally::pool::{tags, PagedPool};
+    /// use iotally::pool::{tags, PagedAllocator};
     /// use iotally::sync::{MappedPushLockWriteGuard, PushLock, PushLockWriteGuard};
     ///
-    /// let lock = PushLock::try_pin_in([[1, 2], [3, 4]], PagedPool::new(tags::PUSH_LOCK)).unwrap();
+    /// let lock = PushLock::try_pin_in([[1, 2], [3, 4]], PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// let row = PushLockWriteGuard::map(lock.write(), |rows| &mut rows[1]);
     /// *MappedPushLockWriteGuard::map(row, |row| &mut row[0]) = 30;
     /// assert_eq!(*lock.read(), [[1, 2], [30, 4]]);

@@ -61,6 +61,7 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::usermem::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -346,6 +347,12 @@ pub(crate) fn build_report() -> Report {
         if push_locks > 0 {
             lines.push(format!(
                 "push locks never deleted: {push_locks} initialized without FltDeletePushLock"
+            ));
+        }
+        for (handle, references) in crate::objects::outstanding() {
+            lines.push(format!(
+                "rundown references never released: {references} on object {handle:#x} \
+                 (FltObjectReference or FltEnumerateInstances without FltObjectDereference)"
             ));
         }
         for key in crate::registry::open_handles() {

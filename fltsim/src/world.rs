@@ -45,6 +45,26 @@ pub(crate) fn wait_for<R>(mut ready: impl FnMut(&mut World) -> Option<R>) -> R {
     }
 }
 
+/// Like [`wait_for`], but gives up after `limit`: `None` then (a wait that would hang on Windows,
+/// reported by the caller instead of hanging the test).
+pub(crate) fn wait_for_at_most<R>(
+    limit: std::time::Duration,
+    mut ready: impl FnMut(&mut World) -> Option<R>,
+) -> Option<R> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut guard = lock_ignoring_poison(&WORLD);
+    loop {
+        if let Some(result) = ready(guard.get_or_insert_with(World::default)) {
+            return Some(result);
+        }
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        guard = CHANGED
+            .wait_timeout(guard, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
 /// Wakes every waiter of [`wait_for`].
 pub(crate) fn notify() {
     CHANGED.notify_all();
@@ -281,6 +301,9 @@ pub(crate) struct ServerPort {
     pub max_connections: i32,
     pub open: bool,
     pub connections: usize,
+    /// Created with a descriptor from `FltBuildDefaultSecurityDescriptor`: only administrators and
+    /// SYSTEM may connect.
+    pub admins_only: bool,
 }
 
 /// A connection (client port) to a server port.
@@ -293,6 +316,8 @@ pub(crate) struct ClientPort {
     pub closed_by_driver: bool,
     /// The user-mode side disconnected.
     pub disconnected: bool,
+    /// `MessageNotify` calls now running for this connection.
+    pub in_flight: usize,
 }
 
 /// How the simulator runs post-operation callbacks that Windows may run at `DISPATCH_LEVEL`.
@@ -325,6 +350,9 @@ pub(crate) struct World {
     pub server_ports: HashMap<isize, ServerPort>,
     pub client_ports: HashMap<isize, ClientPort>,
     pub security_descriptors: HashMap<usize, Box<[u8]>>,
+    /// Rundown references on filters, instances and volumes (`FltObjectReference`,
+    /// `FltEnumerateInstances`), by handle.
+    pub object_references: HashMap<isize, usize>,
     pub post_irql: PostIrql,
     /// Whether I/O reaching the file system waits for [`crate::Sim::release_io`].
     pub hold_io: bool,

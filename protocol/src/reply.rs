@@ -48,6 +48,16 @@ impl<'a> Writer<'a> {
         self.needed
     }
 
+    /// Bytes still free in the buffer (0 once something did not fit).
+    #[must_use]
+    pub fn remaining(&self) -> usize {
+        if self.full {
+            0
+        } else {
+            self.out.len() - self.len
+        }
+    }
+
     /// Whether something did not fit.
     #[must_use]
     pub fn is_full(&self) -> bool {
@@ -101,7 +111,7 @@ impl<'a> Writer<'a> {
         name: impl ExactSizeIterator<Item = u16>,
     ) -> bool {
         let units = name.len().min(usize::from(u16::MAX));
-        let length = pad8(size_of::<FileRecord>() + 2 * units);
+        let length = file_record_len(units);
         let Some(space) = self.reserve(length) else {
             return false;
         };
@@ -163,6 +173,12 @@ impl<'a> Writer<'a> {
         self.out[..size_of::<ResponseHeader>()].copy_from_slice(header.as_bytes());
         self.len
     }
+}
+
+/// Bytes a [`FileRecord`] with a name of `units` UTF-16 units takes.
+#[must_use]
+pub fn file_record_len(units: usize) -> usize {
+    pad8(size_of::<FileRecord>() + 2 * units)
 }
 
 /// Writes `units` little-endian into `out` (as many as fit).

@@ -29,6 +29,11 @@ pub(crate) fn filter_handle() -> PFLT_FILTER {
     FILTER.load(Ordering::Acquire)
 }
 
+/// The `MaxEntriesPerInstance` setting in force.
+pub(crate) fn max_entries_per_instance() -> usize {
+    config::max_entries_per_instance()
+}
+
 /// The instance context of `instance`, referenced, if it has one.
 pub(crate) fn instance_context(
     instance: windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_INSTANCE,
@@ -50,10 +55,18 @@ pub(crate) fn load(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STR
         return status;
     }
     FILTER.store(filter, Ordering::Release);
+    let status = crate::port::create(filter);
+    if status < 0 {
+        crate::log_error!("FltCreateCommunicationPort failed: {status:#x}");
+        crate::port::close();
+        unregister();
+        return status;
+    }
     // SAFETY: `filter` was just returned by a successful FltRegisterFilter.
     let status = unsafe { FltStartFiltering(filter) };
     if status < 0 {
         crate::log_error!("FltStartFiltering failed: {status:#x}");
+        crate::port::close();
         unregister();
         return status;
     }
@@ -77,6 +90,8 @@ fn unregister() {
 /// `FilterUnloadCallback`: Filter Manager calls it at `PASSIVE_LEVEL` for `fltmc unload` (optional
 /// unload) and at system shutdown or service stop (mandatory unload). iotally never refuses.
 unsafe extern "system" fn filter_unload(_flags: u32) -> NTSTATUS {
+    // The server port first: FltUnregisterFilter does not return while it is open.
+    crate::port::close();
     unregister();
     STATUS_SUCCESS
 }

@@ -64,6 +64,16 @@ fn table(header: &[&str], right_from: usize) -> Table {
     table
 }
 
+/// A table's text, without the trailing blanks of its last column.
+fn text(table: &Table) -> String {
+    let mut out = String::new();
+    for line in table.to_string().lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// A volume's label: its drive letter and device name.
 fn volume_label(instance: &Instance) -> String {
     match &instance.drive {
@@ -94,7 +104,7 @@ pub fn instances(instances: &[Instance]) -> String {
             size(i.totals.bytes_written),
         ]);
     }
-    let mut out = format!("{t}\n");
+    let mut out = text(&t);
     for i in instances {
         let stats: Vec<String> = i
             .stats
@@ -143,9 +153,10 @@ pub fn files(files: &Files, volume: &str) -> String {
         ]);
     }
     format!(
-        "{volume}: {} of {} files tallied\n{t}\n",
+        "{volume}: {} of {} files tallied\n{}",
         files.files.len(),
-        files.total
+        files.total,
+        text(&t)
     )
 }
 
@@ -372,7 +383,7 @@ pub fn watch_frame(
             show_bytes(rates.map(|r| r.bytes_written)),
         ]);
     }
-    let mut out = format!("iotally at {}\n{t}\n", local_time(now));
+    let mut out = format!("iotally at {}\n{}", local_time(now), text(&t));
     if let Some((files, volume)) = top {
         out.push('\n');
         out.push_str(&self::files(files, volume));

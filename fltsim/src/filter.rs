@@ -407,7 +407,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
         Ok(callback) => callback,
         Err(message) => panic!("{message}"),
     };
-    // Without FilterUnloadCallback Filter Manager cannot unload the filter (kernel-facts.md).
+    // Without FilterUnloadCallback Filter Manager cannot unload the filter (`docs/kernel-rules.md`, "Registration and unload").
     let Some(callback) = callback else {
         return STATUS_NOT_SUPPORTED;
     };

@@ -6,7 +6,7 @@
 //! unwinding in host tests. Guards can be narrowed to a part of the data with `map`
 //! ([`MappedPushLockReadGuard`], [`MappedPushLockWriteGuard`]).
 //!
-//! # Rules (kernel-facts.md, "Push locks"; Microsoft's `FltAcquirePushLock*` reference pages)
+//! # Rules (`docs/kernel-rules.md`, "Push locks"; Microsoft's `FltAcquirePushLock*` reference pages)
 //!
 //! 1. **IRQL <= `APC_LEVEL`** for every operation: initialize, acquire, release and delete. Debug
 //!    builds assert it on each of them ([`crate::irql::assert_at_most`]), naming the routine and the

@@ -2,7 +2,7 @@
 //! on Windows fails at once with a message instead. Release builds: a zero-sized no-op.
 //!
 //! Windows offers nothing here: push locks have no owner query, no `!locks` support and no Driver
-//! Verifier deadlock detection (kernel-facts.md, "Push locks"). The state lives in the lock itself,
+//! Verifier deadlock detection (`docs/kernel-rules.md`, "Push locks"). The state lives in the lock itself,
 //! in debug-only fields, so tracking needs no allocation and no global table:
 //!
 //! - the exclusive owner: one word holding the owner's thread token (0 when not held exclusive);

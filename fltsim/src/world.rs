@@ -266,7 +266,7 @@ pub(crate) struct CallbackDataState {
 pub(crate) struct NameInfo {
     pub references: usize,
     /// Owns the structure and its buffer; freed when the last reference goes.
-    pub storage: crate::file::NameStorage,
+    pub storage: crate::names::NameStorage,
 }
 
 /// A communication server port.

@@ -62,6 +62,7 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::service::reset();
         world::reset();
         verifier::reset();
         Self {

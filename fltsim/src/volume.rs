@@ -4,6 +4,10 @@
 use std::mem::size_of;
 
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{FLT_VOLUME_PROPERTIES, PFLT_VOLUME};
+use windows_sys::Wdk::Storage::FileSystem::{
+    SUPPORTED_FS_FEATURES_BYPASS_IO, SUPPORTED_FS_FEATURES_OFFLOAD_READ,
+    SUPPORTED_FS_FEATURES_OFFLOAD_WRITE,
+};
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER,
     STATUS_SUCCESS, UNICODE_STRING,
@@ -91,18 +95,55 @@ pub struct VolumeSpec {
     pub read_only: bool,
     /// The volume serial number (`FILE_ID_INFORMATION.VolumeSerialNumber`).
     pub serial: u64,
+    /// The optional features the file system and storage offer (`SUPPORTED_FS_FEATURES_*`); the
+    /// volume keeps those every attached minifilter supports ([`crate::Sim::volume_features`]).
+    pub features: u32,
+    /// A direct-access (DAX) volume: only filters registered with
+    /// `FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME` are attached to it.
+    pub dax: bool,
 }
 
 impl VolumeSpec {
-    /// A writable volume named `name` with file system `file_system` (CDFS volumes are read-only).
+    /// A writable volume named `name` with file system `file_system` (CDFS volumes are read-only),
+    /// offering the features its file system has on capable storage: offloaded read and write
+    /// (ODX) on NTFS and `ReFS`, BypassIO on NTFS (an NVMe disk); nothing on the others.
     #[must_use]
     pub fn new(name: &str, file_system: FileSystem) -> Self {
+        let features = match file_system {
+            FileSystem::Ntfs => {
+                SUPPORTED_FS_FEATURES_OFFLOAD_READ
+                    | SUPPORTED_FS_FEATURES_OFFLOAD_WRITE
+                    | SUPPORTED_FS_FEATURES_BYPASS_IO
+            }
+            FileSystem::Refs => {
+                SUPPORTED_FS_FEATURES_OFFLOAD_READ | SUPPORTED_FS_FEATURES_OFFLOAD_WRITE
+            }
+            _ => 0,
+        };
         Self {
             name: name.to_owned(),
             file_system,
             read_only: file_system == FileSystem::Cdfs,
             serial: 0x5EED_0000_0000_0001,
+            features,
+            dax: false,
         }
+    }
+
+    /// The same volume offering exactly `features` (`SUPPORTED_FS_FEATURES_*`).
+    #[must_use]
+    pub fn with_features(mut self, features: u32) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// The same volume on direct-access storage (DAX), where the file system refuses BypassIO
+    /// ("Supporting BypassIO operations").
+    #[must_use]
+    pub fn dax(mut self) -> Self {
+        self.dax = true;
+        self.features &= !SUPPORTED_FS_FEATURES_BYPASS_IO;
+        self
     }
 
     /// The same volume, read-only.

@@ -121,6 +121,10 @@ pub(crate) struct Filter {
     pub query_teardown: Option<InstanceQueryTeardown>,
     pub teardown_start: Option<InstanceTeardown>,
     pub teardown_complete: Option<InstanceTeardown>,
+    /// `FLT_REGISTRATION.Flags` (`FLTFL_REGISTRATION_*`).
+    pub flags: u32,
+    /// The `SupportedFeatures` registry value read at registration (`SUPPORTED_FS_FEATURES_*`).
+    pub supported_features: u32,
 }
 
 /// A simulated volume and its file system.

@@ -257,6 +257,12 @@ impl<A: Allocator + Clone> Table<A> {
         true
     }
 
+    /// Records that BypassIO was enabled on a handle of this volume ([`Stat::BypassIoEnables`]): its
+    /// non-cached reads will skip the filter and not be tallied. Takes `&self` (shared lock).
+    pub fn record_bypass_io_enable(&self) {
+        self.stats.add(Stat::BypassIoEnables, 1);
+    }
+
     /// Records a read or write of `bytes` bytes on the file `key` at system time `now`.
     ///
     /// Takes `&self`: runs under the shared lock, concurrently with other readers and writers; only
@@ -344,8 +350,8 @@ mod tests {
         let stats = table.stats();
         assert_eq!(
             Stat::ALL.map(|stat| stats.get(stat)),
-            [1, 4, 1, 0, 0],
-            "inserts, hits, misses, evictions, allocation failures"
+            [1, 4, 1, 0, 0, 0],
+            "inserts, hits, misses, evictions, allocation failures, BypassIO enables"
         );
     }
 

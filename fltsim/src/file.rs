@@ -452,6 +452,11 @@ impl FileHandle<'_> {
         &raw const self.object.object
     }
 
+    /// The file object (for operations built outside this module, e.g. FSCTLs) and its volume.
+    pub(crate) fn target(&mut self) -> (*mut FILE_OBJECT, isize) {
+        (&raw mut self.object.object, self.volume)
+    }
+
     /// Reads `length` bytes at `offset` (cached, IRP).
     pub fn read(&mut self, length: u32, offset: u64) -> IoResult {
         self.transfer(IRP_MJ_READ, length, offset, Kind::Cached)
@@ -462,7 +467,9 @@ impl FileHandle<'_> {
         self.transfer(IRP_MJ_WRITE, length, offset, Kind::Cached)
     }
 
-    /// Non-cached read (`IRP_NOCACHE`).
+    /// Non-cached read (`IRP_NOCACHE`). On a handle with BypassIO enabled (and still allowed on the
+    /// volume) it goes from the I/O manager straight to the file system, skipping every filter
+    /// ("BypassIO for filter drivers"; [`FileHandle::bypass_io`]).
     pub fn read_noncached(&mut self, length: u32, offset: u64) -> IoResult {
         self.transfer(IRP_MJ_READ, length, offset, Kind::NonCached)
     }
@@ -522,6 +529,13 @@ impl FileHandle<'_> {
         let paging = kind == Kind::Paging;
         let mut file_system =
             |p: &FLT_PARAMETERS| transfer_in_file_system(volume, file_object, code, p, paging);
+        if kind == Kind::NonCached && code == IRP_MJ_READ && crate::fsctl::bypassed(file_object) {
+            let (status, information) = file_system(&op.parameters);
+            return IoResult {
+                status,
+                information,
+            };
+        }
         let mut outcome = perform(&op, &mut file_system);
         if outcome == Outcome::FastIoDisallowed {
             op.fast_io = false;
@@ -569,7 +583,10 @@ impl FileHandle<'_> {
             }
         }
         release_stream(self.volume, file_object as usize);
-        world::with(|w| w.file_objects.remove(&(file_object as usize)));
+        world::with(|w| {
+            w.file_objects.remove(&(file_object as usize));
+            w.bypass_io.remove(&(file_object as usize));
+        });
         result
     }
 }

@@ -71,7 +71,10 @@ pub unsafe extern "system" fn FltRegisterFilter(
         return STATUS_INVALID_PARAMETER;
     };
     match crate::service::filter_settings(&service) {
-        Ok(settings) => filter.supported_features = settings.supported_features,
+        Ok(settings) => {
+            filter.supported_features = settings.supported_features;
+            filter.service = service;
+        }
         Err(status) => return status,
     }
     let handle = filter.anchor.handle();
@@ -125,6 +128,7 @@ fn parse_registration(registration: &FLT_REGISTRATION) -> Result<Filter, NTSTATU
         ),
         flags: registration.Flags,
         supported_features: 0,
+        service: String::new(),
     })
 }
 

@@ -18,6 +18,7 @@ mod callback;
 mod context;
 mod file;
 mod filter;
+mod fsctl;
 pub mod inf;
 mod instance;
 mod io;

@@ -125,6 +125,8 @@ pub(crate) struct Filter {
     pub flags: u32,
     /// The `SupportedFeatures` registry value read at registration (`SUPPORTED_FS_FEATURES_*`).
     pub supported_features: u32,
+    /// The driver's service name.
+    pub service: String,
 }
 
 /// A simulated volume and its file system.
@@ -328,6 +330,8 @@ pub(crate) struct World {
     pub held: usize,
     /// Findings for the report that are not panics.
     pub findings: Vec<String>,
+    /// File objects with BypassIO enabled (`FSCTL_MANAGE_BYPASS_IO`), by address.
+    pub bypass_io: std::collections::HashSet<usize>,
 }
 
 impl World {

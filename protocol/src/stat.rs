@@ -19,16 +19,20 @@ pub enum Stat {
     Evictions = 3,
     /// Tallies dropped because a pool allocation failed.
     AllocationFailures = 4,
+    /// BypassIO enable requests granted on the volume: the non-cached reads of those handles skip
+    /// every filter, so they are not tallied.
+    BypassIoEnables = 5,
 }
 
 impl Stat {
     /// Every statistic, in id order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Inserts,
         Self::Hits,
         Self::Misses,
         Self::Evictions,
         Self::AllocationFailures,
+        Self::BypassIoEnables,
     ];
 
     /// How many statistics there are.
@@ -61,6 +65,7 @@ impl Stat {
             Self::Misses => "misses",
             Self::Evictions => "evictions",
             Self::AllocationFailures => "allocation_failures",
+            Self::BypassIoEnables => "bypass_io_enables",
         }
     }
 
@@ -73,6 +78,9 @@ impl Stat {
             Self::Misses => "reads and writes whose file had no entry",
             Self::Evictions => "entries evicted to make room for a new file",
             Self::AllocationFailures => "tallies dropped because a pool allocation failed",
+            Self::BypassIoEnables => {
+                "BypassIO enables granted: those handles' non-cached reads are not tallied"
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! The `unsafe extern "system"` callbacks live in this module tree and stay thin: they translate raw
 //! callback data into safe calls into the rest of the crate.
 
+mod bypass_io;
 mod config;
 mod context;
 mod instance;

@@ -13,6 +13,7 @@ extern crate std;
 
 pub mod ffi;
 mod filter;
+mod flt;
 pub mod inspect;
 pub mod irql;
 pub mod log;

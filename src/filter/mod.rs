@@ -14,10 +14,9 @@ use core::sync::atomic::{AtomicIsize, Ordering};
 
 pub(crate) use instance::InstanceContext;
 
+use crate::flt::{FltRegisterFilter, FltStartFiltering, FltUnregisterFilter};
 use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FltRegisterFilter, FltStartFiltering, FltUnregisterFilter, PFLT_FILTER,
-};
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_FILTER;
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_SUCCESS};
 
 /// The filter handle returned by `FltRegisterFilter`; 0 while not registered.

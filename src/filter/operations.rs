@@ -9,14 +9,17 @@
 
 use core::ptr;
 
+use crate::flt::{
+    FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
+    FltReleaseFileNameInformation, FltSetStreamContext,
+};
 use windows_sys::Wdk::Foundation::{FILE_OBJECT, PagedPool};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_FILE_NAME_INFORMATION, FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_OPENED,
     FLT_FILE_NAME_QUERY_DEFAULT, FLT_POSTOP_CALLBACK_STATUS, FLT_POSTOP_FINISHED_PROCESSING,
     FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK, FLT_RELATED_OBJECTS,
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_POST_OPERATION_DRAINING,
-    FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
-    FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT, PFLT_INSTANCE,
+    PFLT_CONTEXT, PFLT_INSTANCE,
 };
 use windows_sys::Wdk::Storage::FileSystem::{
     FILE_ID_INFORMATION, FILE_INFORMATION_CLASS, FILE_INTERNAL_INFORMATION,

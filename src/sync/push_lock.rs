@@ -102,12 +102,12 @@ use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
 use core::ptr::NonNull;
 
-use allocator_api2::alloc::{AllocError, Allocator};
-use allocator_api2::boxed::Box;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+use crate::flt::{
     FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
     FltInitializePushLock, FltReleasePushLock,
 };
+use allocator_api2::alloc::{AllocError, Allocator};
+use allocator_api2::boxed::Box;
 
 use super::tracker::Tracker;
 use crate::irql::{Irql, assert_at_most};

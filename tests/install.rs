@@ -49,3 +49,31 @@ fn settings_are_read_through_io_open_driver_registry_key_on_both_layouts() {
         report.assert_clean();
     }
 }
+
+#[test]
+fn settings_out_of_range_or_of_another_type_are_reported() {
+    for (value, expected, warning) in [
+        (
+            Value::Dword(u32::MAX),
+            1 << 20,
+            "iotally: MaxEntriesPerInstance 4294967295 is above the limit: using 1048576\n",
+        ),
+        (
+            Value::String("12".into()),
+            iotally::table::DEFAULT_MAX_ENTRIES,
+            "iotally: MaxEntriesPerInstance is not a REG_DWORD: using the default, 4096\n",
+        ),
+    ] {
+        let sim = Sim::new();
+        install();
+        registry::set_value(PARAMETERS, "MaxEntriesPerInstance", value);
+        assert_eq!(sim.load("iotally", iotally::DriverEntry), STATUS_SUCCESS);
+        assert_eq!(max_entries(&sim), Some(expected));
+        let log = fltsim::kernel::debug_log();
+        let warned = log
+            .iter()
+            .any(|line| line.level == 1 && line.text == warning);
+        assert!(warned, "{log:?}");
+        assert_eq!(sim.unload(false), STATUS_SUCCESS);
+    }
+}

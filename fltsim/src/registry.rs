@@ -314,25 +314,29 @@ pub unsafe extern "system" fn ZwQueryValueKey(
     if length < header {
         return STATUS_BUFFER_TOO_SMALL;
     }
-    let info = key_value_information.cast::<KEY_VALUE_PARTIAL_INFORMATION>();
-    // SAFETY: the buffer is writable for `length >= header` bytes, enough for the fixed part; the
-    // caller's buffer may be unaligned, hence the unaligned writes.
+    let fixed = KEY_VALUE_PARTIAL_INFORMATION {
+        TitleIndex: 0,
+        Type: kind,
+        DataLength: u32::try_from(bytes.len()).unwrap_or(0),
+        Data: [0],
+    };
+    // SAFETY: the buffer is writable for `length >= header` bytes, and `header` is the fixed part's
+    // size (the structure's first `header` bytes are its three ULONGs); the caller's buffer may be
+    // unaligned, so the bytes are copied.
     unsafe {
-        (&raw mut (*info).TitleIndex).write_unaligned(0);
-        (&raw mut (*info).Type).write_unaligned(kind);
-        (&raw mut (*info).DataLength).write_unaligned(u32::try_from(bytes.len()).unwrap_or(0));
+        std::ptr::copy_nonoverlapping(
+            (&raw const fixed).cast::<u8>(),
+            key_value_information.cast::<u8>(),
+            header,
+        );
     }
     if length < needed {
         return STATUS_BUFFER_OVERFLOW;
     }
+    // SAFETY: `header` is within the caller's buffer (checked above).
+    let data = unsafe { key_value_information.cast::<u8>().add(header) };
     // SAFETY: the buffer holds `needed` bytes: the header then `bytes.len()` bytes of data.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            key_value_information.cast::<u8>().add(header),
-            bytes.len(),
-        );
-    }
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
     STATUS_SUCCESS
 }
 

@@ -41,10 +41,12 @@ unsafe fn manage_bypass_io(iopb: &FLT_IO_PARAMETER_BLOCK) -> Option<Request> {
     if minor != IRP_MN_USER_FS_REQUEST && minor != IRP_MN_KERNEL_CALL {
         return None;
     }
-    // SAFETY: for the user and kernel FSCTL minor codes the FileSystemControl arm of the union is
-    // the one Filter Manager fills (the caller's contract); Buffered is the METHOD_BUFFERED view,
-    // which FSCTL_MANAGE_BYPASS_IO uses.
-    let buffered = unsafe { iopb.Parameters.FileSystemControl.Buffered };
+    // SAFETY: for the user and kernel FSCTL minor codes the FileSystemControl arm of the parameters
+    // union is the one Filter Manager fills (the caller's contract).
+    let control = unsafe { iopb.Parameters.FileSystemControl };
+    // SAFETY: Buffered is the METHOD_BUFFERED view of that arm, which FSCTL_MANAGE_BYPASS_IO uses;
+    // its first three fields are the same in every view, so the code check below is valid for any.
+    let buffered = unsafe { control.Buffered };
     if buffered.FsControlCode != FSCTL_MANAGE_BYPASS_IO || buffered.SystemBuffer.is_null() {
         return None;
     }
@@ -62,8 +64,10 @@ pub(super) unsafe extern "system" fn pre_file_system_control(
     _objects: *const FLT_RELATED_OBJECTS,
     _completion_context: *mut *mut core::ffi::c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
-    // SAFETY: Filter Manager passes valid callback data whose Iopb describes this operation.
-    let iopb = unsafe { &*(*data).Iopb };
+    // SAFETY: Filter Manager passes valid callback data for the duration of the callback.
+    let data = unsafe { &*data };
+    // SAFETY: its Iopb describes this operation and is valid as long.
+    let iopb = unsafe { &*data.Iopb };
     // SAFETY: this is the pre-op of IRP_MJ_FILE_SYSTEM_CONTROL (the registration says so).
     let Some(request) = (unsafe { manage_bypass_io(iopb) }) else {
         return FLT_PREOP_SUCCESS_NO_CALLBACK;
@@ -103,6 +107,7 @@ pub(super) unsafe extern "system" fn post_file_system_control(
     }
     if let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) {
         owner.tallies().read().record_bypass_io_enable();
+        crate::log_trace!("BypassIO enabled on a handle: its non-cached reads are not tallied");
     }
     FLT_POSTOP_FINISHED_PROCESSING
 }

@@ -16,7 +16,7 @@ use windows_sys::Wdk::System::Registry::KeyValuePartialInformation;
 use windows_sys::Wdk::System::SystemServices::{
     DriverRegKeyParameters, IoOpenDriverRegistryKey, KEY_VALUE_PARTIAL_INFORMATION,
 };
-use windows_sys::Win32::Foundation::{HANDLE, UNICODE_STRING};
+use windows_sys::Win32::Foundation::{HANDLE, STATUS_BUFFER_OVERFLOW, UNICODE_STRING};
 use windows_sys::Win32::System::Registry::{KEY_READ, REG_DWORD};
 
 use crate::ffi::{ZwClose, ZwQueryValueKey};
@@ -52,16 +52,40 @@ const fn utf16<const N: usize>(ascii: &str) -> [u16; N] {
 
 /// Reads the settings under the service's `Parameters` key (`PASSIVE_LEVEL`, from `DriverEntry`).
 ///
-/// Never fails: whatever cannot be read keeps its default.
+/// Never fails: whatever cannot be read keeps its default; a value of the wrong type or out of range
+/// is reported in the debugger's log (warning level).
 pub(crate) fn load(driver: *mut DRIVER_OBJECT) {
-    let value = Key::open_parameters(driver)
-        .and_then(|key| key.query_dword(MAX_ENTRIES_VALUE))
-        .unwrap_or(0);
-    let bound = match usize::try_from(value) {
-        Ok(0) | Err(_) => DEFAULT_MAX_ENTRIES,
-        Ok(n) => n.min(LIMIT_MAX_ENTRIES),
+    let setting = Key::open_parameters(driver)
+        .map_or(Setting::Missing, |key| key.query_dword(MAX_ENTRIES_VALUE));
+    let bound = match setting {
+        Setting::Missing | Setting::Dword(0) => DEFAULT_MAX_ENTRIES,
+        Setting::NotDword => {
+            crate::log_warn!(
+                "MaxEntriesPerInstance is not a REG_DWORD: using the default, {DEFAULT_MAX_ENTRIES}"
+            );
+            DEFAULT_MAX_ENTRIES
+        }
+        Setting::Dword(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > LIMIT_MAX_ENTRIES {
+                crate::log_warn!(
+                    "MaxEntriesPerInstance {n} is above the limit: using {LIMIT_MAX_ENTRIES}"
+                );
+            }
+            n.min(LIMIT_MAX_ENTRIES)
+        }
     };
     MAX_ENTRIES_PER_INSTANCE.store(bound, Ordering::Relaxed);
+}
+
+/// What the registry holds for a `REG_DWORD` setting.
+enum Setting {
+    /// No such value (or no key).
+    Missing,
+    /// A value of another type or size.
+    NotDword,
+    /// The value.
+    Dword(u32),
 }
 
 /// A `UNICODE_STRING` over `units` (which must outlive its use).
@@ -94,27 +118,36 @@ impl Key {
         Some(Self(handle))
     }
 
-    fn query_dword(&self, value_name: &[u16]) -> Option<u32> {
+    fn query_dword(&self, value_name: &[u16]) -> Setting {
         let mut name_units = [0u16; 64];
-        let name_units = name_units.get_mut(..value_name.len())?;
+        let Some(name_units) = name_units.get_mut(..value_name.len()) else {
+            return Setting::Missing;
+        };
         name_units.copy_from_slice(value_name);
-        let name = unicode(name_units)?;
+        let Some(name) = unicode(name_units) else {
+            return Setting::Missing;
+        };
         // Header (12 bytes) + 4 bytes of data, 4-byte aligned.
         let mut buffer = [0u32; 4];
         let mut returned = 0u32;
-        // SAFETY: `buffer` is writable for its 16 bytes; the name outlives the call.
+        // SAFETY: `buffer` is writable for its 16 bytes (the length passed); the name outlives the
+        // call; PASSIVE_LEVEL.
         let status = unsafe {
             ZwQueryValueKey(
                 self.0,
                 &raw const name,
                 KeyValuePartialInformation,
                 buffer.as_mut_ptr().cast(),
-                u32::try_from(size_of_val(&buffer)).ok()?,
+                16,
                 &raw mut returned,
             )
         };
+        if status == STATUS_BUFFER_OVERFLOW {
+            // Longer than a DWORD: another type.
+            return Setting::NotDword;
+        }
         if status < 0 {
-            return None;
+            return Setting::Missing;
         }
         let info = buffer.as_ptr().cast::<KEY_VALUE_PARTIAL_INFORMATION>();
         // SAFETY: on success the buffer holds a KEY_VALUE_PARTIAL_INFORMATION; `buffer` is 4-byte
@@ -122,7 +155,11 @@ impl Key {
         let kind = unsafe { (*info).Type };
         // SAFETY: as above.
         let length = unsafe { (*info).DataLength };
-        (kind == REG_DWORD && length == 4).then_some(buffer[3])
+        if kind == REG_DWORD && length == 4 {
+            Setting::Dword(buffer[3])
+        } else {
+            Setting::NotDword
+        }
     }
 }
 

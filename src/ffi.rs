@@ -9,6 +9,10 @@
 //! | [`POOL_FLAG_NON_PAGED`], [`POOL_FLAG_PAGED`] | `#define`s in wdm.h; the Windows metadata that windows-sys is generated from has no `POOL_FLAG_*` values |
 //! | [`DPFLTR_IHVDRIVER_ID`] and the `DPFLTR_*_LEVEL` values | dpfilter.h enum and `#define`s; not in windows-sys |
 //! | [`vDbgPrintEx`], [`ZwQueryValueKey`], [`ZwClose`] | windows-sys links them from `ntdll.dll` (user mode); a driver must import them from `ntoskrnl.exe` (declared in the `ntoskrnl-imports` crate, see below) |
+//!
+//! (`IoOpenDriverRegistryKey`, for instance, is not here: windows-sys already links it from
+//! `ntoskrnl.exe`. The `FLTMGR.SYS` routines are called through `crate::flt`, which wraps
+//! windows-sys's declarations.)
 
 /// `POOL_FLAG_NON_PAGED` (wdm.h, `0x0000000000000040UI64`): non-paged, non-executable pool, for
 /// [`ExAllocatePool2`](windows_sys::Wdk::System::SystemServices::ExAllocatePool2).

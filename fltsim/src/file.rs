@@ -24,9 +24,10 @@ use windows_sys::Win32::System::WindowsProgramming::{FILE_CREATED, FILE_OPENED};
 
 use crate::Sim;
 use crate::filter::unicode;
+use crate::fs::{self, NodeKey, parent_of as parent};
 use crate::io::{Operation, Outcome, perform};
-use crate::volume::{FileSystem, Volume};
-use crate::world::{self, FileNode, FileObjectState};
+use crate::volume::Volume;
+use crate::world::{self, FileObjectState};
 
 /// `IO_TYPE_FILE`.
 const IO_TYPE_FILE: i16 = 5;
@@ -120,17 +121,9 @@ fn is_directory_path_valid(path: &str) -> bool {
         && !path[1..].split('\\').any(str::is_empty)
 }
 
-/// The upper-cased key of `path` (names compare case-insensitively).
-fn key(path: &str) -> String {
-    path.to_uppercase()
-}
-
-/// The parent directory of `path` (`\` for top-level names).
-fn parent(path: &str) -> &str {
-    match path.rfind('\\') {
-        Some(0) | None => "\\",
-        Some(index) => &path[..index],
-    }
+/// The stream key of a node's unnamed data stream (the key its stream contexts hang on).
+fn default_stream(node: NodeKey) -> u128 {
+    u128::from(node)
 }
 
 impl Sim {
@@ -140,6 +133,28 @@ impl Sim {
     /// If the path is invalid, its directory does not exist, or the volume is unknown.
     pub fn create_file(&self, volume: Volume, path: &str, size: u64) -> u128 {
         put(volume, path, size, false, None)
+    }
+
+    /// Puts many files on `volume` at once, without any I/O and under one acquisition of the
+    /// simulator's state (test setup at scale): each `(path, size)` as [`Sim::create_file`] would.
+    /// Returns their file ids, in order.
+    ///
+    /// # Panics
+    /// As [`Sim::create_file`], for the first bad path.
+    pub fn create_files<P: AsRef<str>>(
+        &self,
+        volume: Volume,
+        files: impl IntoIterator<Item = (P, u64)>,
+    ) -> Vec<u128> {
+        world::with(|w| {
+            let v = w
+                .volume(volume.0)
+                .expect("fltsim: Sim::create_files: unknown volume");
+            files
+                .into_iter()
+                .map(|(path, size)| put_in(&mut v.files, path.as_ref(), size, false, None))
+                .collect()
+        })
     }
 
     /// Like [`Sim::create_file`] with a chosen file id: on `ReFS`, two ids with the same low 64 bits
@@ -162,13 +177,13 @@ impl Sim {
     /// The file id of `path` on `volume`, if it exists (the full 128-bit id on `ReFS`).
     #[must_use]
     pub fn file_id(&self, volume: Volume, path: &str) -> Option<u128> {
-        world::with(|w| w.volume(volume.0)?.files.get(&key(path)).map(|f| f.id))
+        world::with(|w| w.volume(volume.0)?.files.get(path).map(|f| f.id))
     }
 
     /// The size of `path` on `volume`, if it exists.
     #[must_use]
     pub fn file_size(&self, volume: Volume, path: &str) -> Option<u64> {
-        world::with(|w| w.volume(volume.0)?.files.get(&key(path)).map(|f| f.size))
+        world::with(|w| w.volume(volume.0)?.files.get(path).map(|f| f.size))
     }
 
     /// Renames `old` to `new` on `volume` in the file system (same file id, open handles stay
@@ -183,19 +198,15 @@ impl Sim {
         }
         world::with(|w| {
             let v = w.volume(volume.0).ok_or(STATUS_VOLUME_DISMOUNTED)?;
-            if v.files.contains_key(&key(new)) {
+            if v.files.lookup(new).is_some() {
                 return Err(STATUS_OBJECT_NAME_COLLISION);
             }
-            let dir = parent(new);
-            if dir != "\\" && !v.files.get(&key(dir)).is_some_and(|f| f.directory) {
-                return Err(STATUS_OBJECT_PATH_NOT_FOUND);
-            }
-            let mut node = v
+            let dir = v
                 .files
-                .remove(&key(old))
-                .ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
-            new.clone_into(&mut node.path);
-            v.files.insert(key(new), node);
+                .parent_directory(new)
+                .ok_or(STATUS_OBJECT_PATH_NOT_FOUND)?;
+            let node = v.files.lookup(old).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+            v.files.rename(node, new, dir);
             Ok(())
         })
     }
@@ -241,6 +252,7 @@ impl Sim {
                 file_object as usize,
                 FileObjectState {
                     volume: volume.0,
+                    node: None,
                     stream: None,
                     path: path.clone(),
                     open: false,
@@ -314,31 +326,38 @@ impl Sim {
 
 /// Adds a file or directory to `volume`'s file system (test setup, no I/O).
 fn put(volume: Volume, path: &str, size: u64, directory: bool, id: Option<u128>) -> u128 {
-    assert!(
-        is_directory_path_valid(path),
-        "fltsim: Sim::create_file: invalid path {path:?}"
-    );
     world::with(|w| {
         let v = w
             .volume(volume.0)
             .expect("fltsim: Sim::create_file: unknown volume");
-        let dir = parent(path);
-        assert!(
-            dir == "\\" || v.files.get(&key(dir)).is_some_and(|f| f.directory),
-            "fltsim: Sim::create_file: directory {dir:?} does not exist"
-        );
-        let id = id.unwrap_or_else(|| new_id(v));
-        v.files.insert(
-            key(path),
-            FileNode {
-                path: path.to_owned(),
-                id,
-                size,
-                directory,
-            },
-        );
-        id
+        put_in(&mut v.files, path, size, directory, id)
     })
+}
+
+/// Adds a file or directory to `files` (test setup, no I/O); returns its file id.
+fn put_in(
+    files: &mut fs::Namespace,
+    path: &str,
+    size: u64,
+    directory: bool,
+    id: Option<u128>,
+) -> u128 {
+    assert!(
+        is_directory_path_valid(path),
+        "fltsim: Sim::create_file: invalid path {path:?}"
+    );
+    assert!(
+        files.lookup(path).is_none(),
+        "fltsim: Sim::create_file: {path:?} exists"
+    );
+    let Some(dir) = files.parent_directory(path) else {
+        panic!(
+            "fltsim: Sim::create_file: directory {:?} does not exist",
+            parent(path)
+        );
+    };
+    let key = files.insert(path, dir, size, directory, id);
+    files.node(key).map_or(0, |n| n.id)
 }
 
 /// The file system's create: opens or creates the file and records the file object's stream.
@@ -365,52 +384,36 @@ fn create_in_file_system(
             return (STATUS_OBJECT_NAME_INVALID, 0);
         }
         let read_only = v.spec.read_only;
-        let (id, information) = match v.files.get(&key(&path)) {
+        let existing = v.files.lookup(&path);
+        let (node, information) = match existing.and_then(|k| Some((k, v.files.node(k)?))) {
             Some(_) if options.create_new => return (STATUS_OBJECT_NAME_COLLISION, 0),
-            Some(node) if options.directory && !node.directory => {
+            Some((_, node)) if options.directory && !node.directory => {
                 return (STATUS_NOT_A_DIRECTORY, 0);
             }
-            Some(node) => (node.id, FILE_OPENED),
+            Some((key, _)) => (key, FILE_OPENED),
             None if !(options.create || options.create_new) => {
                 return (STATUS_OBJECT_NAME_NOT_FOUND, 0);
             }
             None => {
-                let dir = parent(&path);
-                if dir != "\\" && !v.files.get(&key(dir)).is_some_and(|f| f.directory) {
+                let Some(dir) = v.files.parent_directory(&path) else {
                     return (STATUS_OBJECT_PATH_NOT_FOUND, 0);
-                }
+                };
                 if read_only {
                     return (STATUS_MEDIA_WRITE_PROTECTED, 0);
                 }
-                let id = new_id(v);
-                let node = FileNode {
-                    path: path.clone(),
-                    id,
-                    size: 0,
-                    directory: options.directory,
-                };
-                v.files.insert(key(&path), node);
-                (id, FILE_CREATED)
+                let key = v.files.insert(&path, dir, 0, options.directory, None);
+                (key, FILE_CREATED)
             }
         };
-        *v.open_streams.entry(id).or_default() += 1;
+        let stream = default_stream(node);
+        *v.open_streams.entry(stream).or_default() += 1;
         if let Some(f) = w.file_objects.get_mut(&(file_object as usize)) {
-            f.stream = Some(id);
+            f.node = Some(node);
+            f.stream = Some(stream);
             f.open = true;
         }
         (STATUS_SUCCESS, information as usize)
     })
-}
-
-/// A new file id for `v`: 64-bit NTFS-style references, or 128-bit `ReFS` ids.
-fn new_id(v: &mut world::Volume) -> u128 {
-    v.next_id += 1;
-    let low = u128::from(v.next_id);
-    if v.spec.file_system == FileSystem::Refs {
-        (0x0000_0000_0000_0001_u128 << 64) | low
-    } else {
-        low
-    }
 }
 
 /// Drops one open of the stream of `file_object`; the last one deletes its stream contexts.
@@ -604,7 +607,7 @@ fn transfer_in_file_system(
         let Some(state) = w.file_objects.get(&file_object) else {
             return (STATUS_INVALID_PARAMETER, 0);
         };
-        let (stream, volume_open) = (state.stream, state.volume_open);
+        let (node, volume_open) = (state.node, state.volume_open);
         let Some(v) = w.volume(volume).filter(|v| !v.removed) else {
             return (STATUS_VOLUME_DISMOUNTED, 0);
         };
@@ -617,7 +620,7 @@ fn transfer_in_file_system(
             };
         }
         let read_only = v.spec.read_only;
-        let Some(node) = v.files.values_mut().find(|f| Some(f.id) == stream) else {
+        let Some(node) = node.and_then(|key| v.files.node_mut(key)) else {
             return (STATUS_INVALID_PARAMETER, 0);
         };
         if node.directory {

@@ -18,6 +18,7 @@ mod callback;
 mod context;
 mod file;
 mod filter;
+mod fs;
 mod instance;
 mod io;
 pub mod irql;

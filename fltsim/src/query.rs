@@ -16,10 +16,11 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::Storage::FileSystem::FILE_ID_128;
 
 use crate::file::CLUSTER;
+use crate::fs::FileNode;
 use crate::irql::PASSIVE_LEVEL;
 use crate::verifier::{irql_at_most, violation};
 use crate::volume::FileSystem;
-use crate::world::{self, FileNode, InstanceState};
+use crate::world::{self, InstanceState};
 
 /// What a query may look at: the node behind an open file object on `instance`'s volume.
 fn open_node(
@@ -47,11 +48,11 @@ fn open_node(
         if state.volume_open {
             return Err(Ok(STATUS_INVALID_PARAMETER));
         }
-        let stream = state.stream;
+        let key = state.node;
         let v = w.volume(volume).ok_or(Ok(STATUS_INVALID_PARAMETER))?;
         let fs = v.spec.file_system;
         let serial = v.spec.serial;
-        let node = v.files.values().find(|f| Some(f.id) == stream).cloned().ok_or(Ok(STATUS_INVALID_PARAMETER))?;
+        let node = key.and_then(|k| v.files.node(k)).cloned().ok_or(Ok(STATUS_INVALID_PARAMETER))?;
         Ok((node, fs, serial))
     })
     .map_err(|e| match e {

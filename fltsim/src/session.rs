@@ -151,13 +151,13 @@ impl Sim {
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
         world::with(|w| {
-            w.volumes.push(world::Volume {
+            w.add_volume(world::Volume {
                 anchor,
+                files: crate::fs::Namespace::new(spec.file_system),
                 spec,
                 removed: false,
-                files: std::collections::HashMap::new(),
-                next_id: 0x10_0000_0000_0005,
                 open_streams: std::collections::HashMap::new(),
+                instance: None,
             });
         });
         crate::instance::setup(

@@ -12,6 +12,7 @@ use crate::abi::{
     InstanceQueryTeardown, InstanceSetup, InstanceTeardown, MessageNotify, PostOperation,
     PreOperation,
 };
+use crate::fs::{Namespace, NodeKey};
 use crate::volume::VolumeSpec;
 
 /// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
@@ -129,25 +130,12 @@ pub(crate) struct Volume {
     pub spec: VolumeSpec,
     /// Dismounted by [`crate::Sim::remove_volume`].
     pub removed: bool,
-    /// Files by upper-cased path relative to the volume root (`\dir\file.txt`).
-    pub files: HashMap<String, FileNode>,
-    /// Next file id to hand out.
-    pub next_id: u64,
+    /// The file system's files and directories.
+    pub files: Namespace,
     /// Open file objects per stream (file key).
     pub open_streams: HashMap<u128, usize>,
-}
-
-/// One file or directory of a simulated volume.
-#[derive(Clone, Debug)]
-pub(crate) struct FileNode {
-    /// The path as created (case preserved), relative to the volume root.
-    pub path: String,
-    /// The file system's file id: 64-bit ids are zero-extended; `ReFS` uses all 128 bits.
-    pub id: u128,
-    /// End of file.
-    pub size: u64,
-    /// Whether it is a directory.
-    pub directory: bool,
+    /// The instance attached to the volume most recently (it may be gone since).
+    pub instance: Option<isize>,
 }
 
 /// Where an instance is in its life.
@@ -231,7 +219,9 @@ pub(crate) struct Context {
 /// A simulated `FILE_OBJECT`'s state, keyed by its address.
 pub(crate) struct FileObjectState {
     pub volume: isize,
-    /// The stream (file key) once the create succeeded; `None` for volume opens and before.
+    /// The file or directory once the create succeeded; `None` for volume opens and before.
+    pub node: Option<NodeKey>,
+    /// The stream (the key stream contexts hang on) once the create succeeded.
     pub stream: Option<u128>,
     /// Path relative to the volume root, as opened.
     pub path: String,
@@ -304,7 +294,10 @@ pub(crate) struct World {
     /// Whether the `FilterUnload` now running is mandatory.
     pub unloading_mandatory: bool,
     pub filter: Option<Filter>,
+    /// Volumes in the order they were mounted.
     pub volumes: Vec<Volume>,
+    /// Index into `volumes` by volume handle.
+    pub volume_index: HashMap<isize, usize>,
     pub instances: HashMap<isize, Instance>,
     pub contexts: HashMap<usize, Context>,
     pub file_objects: HashMap<usize, FileObjectState>,
@@ -334,16 +327,24 @@ impl World {
 
     /// The volume with handle `handle`.
     pub(crate) fn volume(&mut self, handle: isize) -> Option<&mut Volume> {
-        self.volumes
-            .iter_mut()
-            .find(|v| v.anchor.handle() == handle)
+        let index = *self.volume_index.get(&handle)?;
+        self.volumes.get_mut(index)
+    }
+
+    /// Mounts `volume` (it keeps its place in `volumes` forever).
+    pub(crate) fn add_volume(&mut self, volume: Volume) {
+        self.volume_index
+            .insert(volume.anchor.handle(), self.volumes.len());
+        self.volumes.push(volume);
     }
 
     /// The instance attached to volume `volume`, if it is attached or tearing down.
     pub(crate) fn instance_on(&self, volume: isize) -> Option<isize> {
+        let index = *self.volume_index.get(&volume)?;
+        let instance = self.volumes.get(index)?.instance?;
         self.instances
-            .iter()
-            .find(|(_, i)| i.volume == volume && i.state != InstanceState::Gone)
-            .map(|(&h, _)| h)
+            .get(&instance)
+            .is_some_and(|i| i.state != InstanceState::Gone)
+            .then_some(instance)
     }
 }

@@ -26,7 +26,7 @@
 //!   contiguously, 2 MiB apart (a FAT directory holds at most 65,536 entries), so IDs of different
 //!   directories never overlap.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::volume::FileSystem;
 
@@ -62,8 +62,12 @@ pub(crate) struct FileNode {
     pub directory: bool,
     /// The parent directory.
     pub parent: NodeKey,
+    /// Deleted (`FileDispositionInformation`): the name goes when the last handle closes.
+    pub delete_pending: bool,
     /// The FAT directory entry the node's name occupies in its parent.
     slot: Option<u32>,
+    /// Whether the file system allocated the ID (not chosen by a test), so it can be recycled.
+    allocated: bool,
     /// Allocation state of a directory's entries and IDs.
     dir: Option<Box<DirState>>,
 }
@@ -89,6 +93,8 @@ pub(crate) struct Namespace {
     nodes: HashMap<NodeKey, FileNode>,
     /// Upper-cased path → node (names compare case-insensitively).
     paths: HashMap<String, NodeKey>,
+    /// The nodes in each directory that has any.
+    children: HashMap<NodeKey, HashSet<NodeKey>>,
     /// The root directory's allocation state.
     root: DirState,
     next_key: NodeKey,
@@ -124,6 +130,7 @@ impl Namespace {
             file_system,
             nodes: HashMap::new(),
             paths: HashMap::new(),
+            children: HashMap::new(),
             root: DirState {
                 fat_base: FAT_DATA_START,
                 refs_table: REFS_ROOT_TABLE,
@@ -181,6 +188,7 @@ impl Namespace {
     ) -> NodeKey {
         let key = self.next_key;
         self.next_key += 1;
+        let allocated = id.is_none();
         let (id, slot) = match id {
             Some(id) => (id, None),
             None => self.new_id(parent),
@@ -194,40 +202,85 @@ impl Namespace {
                 size,
                 directory,
                 parent,
+                delete_pending: false,
                 slot,
+                allocated,
                 dir,
             },
         );
         self.paths.insert(path_key(path), key);
+        self.children.entry(parent).or_default().insert(key);
         key
     }
 
+    /// Whether directory `key` holds anything.
+    pub(crate) fn has_children(&self, key: NodeKey) -> bool {
+        self.children.get(&key).is_some_and(|c| !c.is_empty())
+    }
+
+    /// Removes the node at `key` (a deleted file whose last handle closed, or a directory with
+    /// nothing in it). Its FAT directory entry is freed for the next file; its NTFS record is freed
+    /// too, and gets the next sequence number when reused.
+    pub(crate) fn remove(&mut self, key: NodeKey) {
+        let Some(node) = self.nodes.remove(&key) else {
+            return;
+        };
+        self.paths.remove(&path_key(&node.path));
+        if let Some(siblings) = self.children.get_mut(&node.parent) {
+            siblings.remove(&key);
+        }
+        self.children.remove(&key);
+        if let Some(slot) = node.slot {
+            self.free_slot(node.parent, slot);
+        }
+        if node.allocated && !self.is_fat() && self.file_system != FileSystem::Refs {
+            let record = u64::try_from(node.id & 0xFFFF_FFFF_FFFF).unwrap_or(0);
+            let sequence = u16::try_from(node.id >> 48).unwrap_or(u16::MAX);
+            // NTFS skips sequence number 0 when it wraps.
+            self.sequences
+                .insert(record, sequence.checked_add(1).unwrap_or(1));
+            self.free_records.insert(record);
+        }
+    }
+
     /// Renames the node at `key` to `new_path` in `new_parent` (`new_path` must be free). On FAT
-    /// and exFAT the node gets a new directory entry, hence a new ID, and its old entry is freed.
+    /// and exFAT the node gets a new directory entry, hence a new ID, and its old entry is freed. A
+    /// directory's contents move with it (their paths change, their IDs do not).
     pub(crate) fn rename(&mut self, key: NodeKey, new_path: &str, new_parent: NodeKey) {
-        let Some(old) = self
+        let Some((old_path, old_parent, old_slot)) = self
             .nodes
             .get(&key)
             .map(|n| (n.path.clone(), n.parent, n.slot))
         else {
             return;
         };
-        self.paths.remove(&path_key(&old.0));
         if self.is_fat()
-            && let Some(slot) = old.2
+            && let Some(slot) = old_slot
         {
-            self.free_slot(old.1, slot);
+            self.free_slot(old_parent, slot);
             let (id, slot) = self.new_id(new_parent);
             if let Some(node) = self.nodes.get_mut(&key) {
                 node.id = id;
                 node.slot = slot;
             }
         }
+        if let Some(siblings) = self.children.get_mut(&old_parent) {
+            siblings.remove(&key);
+        }
+        self.children.entry(new_parent).or_default().insert(key);
         if let Some(node) = self.nodes.get_mut(&key) {
-            new_path.clone_into(&mut node.path);
             node.parent = new_parent;
         }
-        self.paths.insert(path_key(new_path), key);
+        let mut moving = vec![key];
+        while let Some(node_key) = moving.pop() {
+            let Some(node) = self.nodes.get_mut(&node_key) else {
+                continue;
+            };
+            self.paths.remove(&path_key(&node.path));
+            node.path = format!("{new_path}{}", &node.path[old_path.len()..]);
+            self.paths.insert(path_key(&node.path), node_key);
+            moving.extend(self.children.get(&node_key).into_iter().flatten());
+        }
     }
 
     fn is_fat(&self) -> bool {

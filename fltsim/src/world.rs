@@ -13,7 +13,7 @@ use crate::abi::{
     PreOperation,
 };
 use crate::fs::{Namespace, NodeKey};
-use crate::volume::VolumeSpec;
+use crate::volume::{FastIo, VolumeSpec};
 
 /// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
 pub(crate) fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +136,29 @@ pub(crate) struct Volume {
     pub open_streams: HashMap<u128, usize>,
     /// The instance attached to the volume most recently (it may be gone since).
     pub instance: Option<isize>,
+    /// Byte-range locks per stream.
+    pub locks: HashMap<u128, Vec<ByteRangeLock>>,
+    /// When the file system refuses fast I/O beyond the documented cases.
+    pub fast_io: FastIo,
+    /// State of the seeded refusals of [`FastIo::Seeded`].
+    pub fast_io_rng: u64,
+}
+
+/// A byte-range lock (`IRP_MJ_LOCK_CONTROL`), owned by the file object that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ByteRangeLock {
+    pub owner: usize,
+    pub offset: u64,
+    pub length: u64,
+    pub exclusive: bool,
+}
+
+impl ByteRangeLock {
+    /// Whether the lock covers part of `[offset, offset + length)`.
+    pub(crate) fn overlaps(&self, offset: u64, length: u64) -> bool {
+        offset < self.offset.saturating_add(self.length)
+            && self.offset < offset.saturating_add(length)
+    }
 }
 
 /// Where an instance is in its life.
@@ -229,6 +252,8 @@ pub(crate) struct FileObjectState {
     pub open: bool,
     /// Whether this is a volume open (`FO_VOLUME_OPEN`).
     pub volume_open: bool,
+    /// Whether the file system initialized caching on this file object (`PrivateCacheMap`).
+    pub cached: bool,
 }
 
 /// Why a callback data exists, for routines that take one.

@@ -127,10 +127,10 @@ fn manage_bypass_io(
             .file_objects
             .get(&file_object)
             .ok_or(STATUS_INVALID_PARAMETER)?;
-        let (volume, stream, volume_open) = (state.volume, state.stream, state.volume_open);
+        let (volume, node, volume_open) = (state.volume, state.node, state.volume_open);
         let directory = w
             .volume(volume)
-            .and_then(|v| v.files.values().find(|f| Some(f.id) == stream))
+            .and_then(|v| node.and_then(|key| v.files.node(key)))
             .is_some_and(|f| f.directory);
         match operation {
             FS_BPIO_OP_DISABLE => {
@@ -235,7 +235,7 @@ impl FileHandle<'_> {
             u32::try_from(output.len()).unwrap_or(u32::MAX);
         parameters.FileSystemControl.Buffered.SystemBuffer =
             system_buffer.as_mut_ptr().cast::<c_void>();
-        let (file_object, volume) = self.target();
+        let (file_object, volume) = (self.raw_file_object(), self.volume_handle());
         let op = Operation {
             major: u8::try_from(IRP_MJ_FILE_SYSTEM_CONTROL).unwrap_or(u8::MAX),
             minor: u8::try_from(IRP_MN_USER_FS_REQUEST).unwrap_or(u8::MAX),

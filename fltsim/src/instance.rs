@@ -43,6 +43,9 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
         }
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
+        if let Some(v) = w.volume(volume) {
+            v.instance = Some(handle);
+        }
         w.instances.insert(
             handle,
             Instance {

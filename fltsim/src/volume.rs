@@ -84,6 +84,41 @@ impl FileSystem {
     }
 }
 
+/// When a simulated file system refuses fast I/O (its fast I/O routine returns FALSE, and the I/O
+/// manager reissues the request as an IRP: "IRPs Are Different From Fast I/O"), beyond the cases it
+/// always refuses: a file object whose caching is not initialized yet, and a range another file
+/// object holds a conflicting byte-range lock on ([`crate::Sim::set_fast_io`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FastIo {
+    /// Fast I/O is possible on cached file objects (the default).
+    #[default]
+    Possible,
+    /// Every fast I/O is refused, as with `FastIoIsNotPossible` in the file's FCB header.
+    Refused,
+    /// A seeded pseudo-random one in `one_in` fast I/O operations is refused (as when the data is
+    /// not resident and the caller cannot wait: "`FsRtlCopyRead` function (ntifs.h)").
+    Seeded {
+        /// The generator's seed.
+        seed: u64,
+        /// One refusal in this many fast I/O operations, on average (0 or 1: every one).
+        one_in: u32,
+    },
+}
+
+/// What `FileIdInformation` returns on a volume whose file system supports it
+/// ([`VolumeSpec::file_id_information`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FileIdAnswer {
+    /// The file's ID (the default).
+    #[default]
+    Ids,
+    /// 0 for every file: "For file systems that do not support a 128-bit file ID, this field must
+    /// be set to 0" ("`FILE_ID_INFORMATION` structure (ntifs.h)").
+    Zero,
+    /// All-ones for every file: MS-FSCC's value for a file system that cannot establish an ID.
+    AllOnes,
+}
+
 /// Describes a volume for [`crate::Sim::add_volume`].
 #[derive(Clone, Debug)]
 pub struct VolumeSpec {
@@ -101,6 +136,8 @@ pub struct VolumeSpec {
     /// A direct-access (DAX) volume: only filters registered with
     /// `FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME` are attached to it.
     pub dax: bool,
+    /// What `FileIdInformation` answers on NTFS and `ReFS`.
+    pub file_ids: FileIdAnswer,
 }
 
 impl VolumeSpec {
@@ -127,6 +164,7 @@ impl VolumeSpec {
             serial: 0x5EED_0000_0000_0001,
             features,
             dax: false,
+            file_ids: FileIdAnswer::Ids,
         }
     }
 
@@ -143,6 +181,13 @@ impl VolumeSpec {
     pub fn dax(mut self) -> Self {
         self.dax = true;
         self.features &= !SUPPORTED_FS_FEATURES_BYPASS_IO;
+        self
+    }
+
+    /// The same volume, with `FileIdInformation` answering `answer`.
+    #[must_use]
+    pub fn file_id_information(mut self, answer: FileIdAnswer) -> Self {
+        self.file_ids = answer;
         self
     }
 

@@ -26,27 +26,41 @@ struct Registration(FLT_REGISTRATION);
 unsafe impl Sync for Registration {}
 
 /// The operation array, ending with `IRP_MJ_OPERATION_END` as Filter Manager requires.
-struct Operations([FLT_OPERATION_REGISTRATION; 5]);
+struct Operations([FLT_OPERATION_REGISTRATION; 7]);
 
 // SAFETY: as for `Registration`: immutable, pointers to functions only.
 unsafe impl Sync for Operations {}
 
 /// The operations iotally filters. Reads and writes skip paging I/O: Filter Manager then never calls
-/// iotally for it (the cache manager's and memory manager's I/O is not what a user asked for).
-/// File-system controls are watched for BypassIO enables ([`bypass_io`]).
+/// iotally for it (the cache manager's and memory manager's I/O is not what a user asked for). Their
+/// post-ops run for fast I/O only (the pre-op asks for them only then); the fast-I/O MDL operations
+/// are tallied like fast reads and writes, and their completions are not registered (see
+/// `operations`). File-system controls are watched for BypassIO enables ([`bypass_io`]).
 static OPERATIONS: Operations = Operations([
     operation(IRP_MJ_CREATE, 0, None, Some(operations::post_create)),
     operation(
         IRP_MJ_READ,
         FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
         Some(operations::pre_read),
-        None,
+        Some(operations::post_read),
     ),
     operation(
         IRP_MJ_WRITE,
         FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
         Some(operations::pre_write),
-        None,
+        Some(operations::post_write),
+    ),
+    operation(
+        operations::MDL_READ as u32,
+        0,
+        Some(operations::pre_fast_mdl),
+        Some(operations::post_mdl_read),
+    ),
+    operation(
+        operations::PREPARE_MDL_WRITE as u32,
+        0,
+        Some(operations::pre_fast_mdl),
+        Some(operations::post_prepare_mdl_write),
     ),
     operation(
         IRP_MJ_FILE_SYSTEM_CONTROL,

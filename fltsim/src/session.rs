@@ -62,6 +62,8 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::hang::reset();
+        crate::pause::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -257,7 +259,9 @@ impl Sim {
 
     /// Waits until at least `count` operations are held in the file system.
     pub fn wait_for_held_io(&self, count: usize) {
-        world::wait_for(|w| (w.held >= count).then_some(()));
+        world::wait_for(&world::Wait::HeldIoCount(count), |w| {
+            (w.held >= count).then_some(())
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK, FLT_RELATED_OBJECTS,
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_POST_OPERATION_DRAINING,
     FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
-    FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT, PFLT_INSTANCE,
+    FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
 };
 use windows_sys::Wdk::Storage::FileSystem::{
     FILE_ID_INFORMATION, FILE_INFORMATION_CLASS, FILE_INTERNAL_INFORMATION,
@@ -84,7 +84,7 @@ pub(super) unsafe extern "system" fn post_create(
     if file_flags & FO_VOLUME_OPEN != 0 {
         return FLT_POSTOP_FINISHED_PROCESSING;
     }
-    record_open(data, objects.Instance, objects.FileObject);
+    record_open(data, objects.Filter, objects.Instance, objects.FileObject);
     FLT_POSTOP_FINISHED_PROCESSING
 }
 
@@ -94,7 +94,12 @@ pub(super) unsafe extern "system" fn post_create(
 /// under the **shared** lock, with no file-system query. Otherwise the file-system queries (directory?
 /// file ID, name) run first, without any lock held (they can re-enter the file system), and the entry
 /// is inserted under the exclusive lock.
-fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const FILE_OBJECT) {
+fn record_open(
+    data: &FLT_CALLBACK_DATA,
+    filter: PFLT_FILTER,
+    instance: PFLT_INSTANCE,
+    file: *const FILE_OBJECT,
+) {
     let Some(owner) = context::instance_context::<InstanceContext>(instance) else {
         return;
     };
@@ -114,7 +119,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const F
         .record_open(key, name.units(), now());
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
-        attach_stream_context(instance, file, key);
+        attach_stream_context(filter, instance, file, key);
     }
 }
 
@@ -212,16 +217,23 @@ impl Drop for FileName {
     }
 }
 
-/// Gives the stream a context carrying `key`, unless it already has one.
-fn attach_stream_context(instance: PFLT_INSTANCE, file: *const FILE_OBJECT, key: FileKey) {
+/// Gives the stream a context carrying `key`, unless it already has one; `filter` is the
+/// post-create's `FltObjects->Filter` (never a global: this runs while the driver unloads, too).
+fn attach_stream_context(
+    filter: PFLT_FILTER,
+    instance: PFLT_INSTANCE,
+    file: *const FILE_OBJECT,
+    key: FileKey,
+) {
     if context::stream_context::<StreamContext>(instance, file).is_some() {
         return;
     }
     let mut raw: PFLT_CONTEXT = ptr::null_mut();
-    // SAFETY: stream contexts are declared in the registration with this size, paged.
+    // SAFETY: `filter` is the post-create's own filter; stream contexts are declared in the
+    // registration with this size, paged.
     let status = unsafe {
         FltAllocateContext(
-            super::filter_handle(),
+            filter,
             StreamContext::TYPE,
             size_of::<StreamContext>(),
             PagedPool,

@@ -23,9 +23,10 @@
 //! when the bound passes. The report lists who waits for what and who holds what (thread names and
 //! ids, lock addresses, modes, acquiring routine and callback).
 //!
-//! The report panics on the waiting thread. A wait inside a simulated export cannot unwind out of it,
-//! so the panic stops the process there, as the hang would stop the machine; test those cases with
-//! [`crate::bugcheck::expect_bugcheck`]. A wait in a [`crate::Sim`] method panics in the test.
+//! A deadlock stops the process (its threads can never move again), as it would stop the machine. A
+//! wait past the bound panics on the waiting thread: inside a simulated export the panic cannot
+//! unwind and stops the process there; in a [`crate::Sim`] method it fails the test. Test the cases
+//! that stop the process with [`crate::bugcheck::expect_bugcheck`].
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -315,7 +316,11 @@ impl Registration {
     #[track_caller]
     pub(crate) fn check(&self) {
         if let Some(report) = deadlock(self.thread) {
-            panic!("{report}");
+            // The threads on the cycle can never move again, and would keep the test (a scoped
+            // thread's join, a session's end) waiting for them: stop the process, as the deadlock
+            // stops the machine.
+            eprintln!("{report}");
+            std::process::abort();
         }
         let waited = self.since.elapsed();
         if waited >= self.limit {

@@ -26,6 +26,7 @@ use crate::abi::{
 };
 use crate::callback::{call_at, hex};
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
+use crate::pause::Point;
 use crate::verifier::{irql_at_most, violation};
 use crate::world::{self, Anchor, ContextEntry, Filter, FilterState, OperationEntry};
 
@@ -209,7 +210,6 @@ unsafe fn parse_contexts(
         }
         contexts.push(ContextEntry {
             context_type: entry.ContextType,
-            flags: entry.Flags,
             cleanup: ContextCleanup::from_driver(entry.ContextCleanupCallback),
             size: entry.Size,
             tag: entry.PoolTag,
@@ -270,6 +270,13 @@ pub unsafe extern "system" fn FltStartFiltering(filter: PFLT_FILTER) -> NTSTATUS
 /// Call it exactly once. With a communication server port still open it would hang on Windows:
 /// fltsim reports that and does not unregister.
 ///
+/// On entry the thread passes [`Point::Unregister`], where a test can stop it while operations and
+/// mounts still reach the filter. Then the filter is being torn down ("`FltUnregisterFilter` function
+/// (fltkernel.h)"): instances are torn down one by one, each receiving operations until its own
+/// teardown starts; volumes mounted from then on are not offered to the filter; and
+/// `FltAllocateContext` returns `STATUS_FLT_DELETING_OBJECT` ("`FltAllocateContext` function
+/// (fltkernel.h)": the filter "is being torn down").
+///
 /// # Safety
 /// None beyond the routine's contract; an unknown handle is reported.
 #[unsafe(no_mangle)]
@@ -283,7 +290,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
             crate::verifier::invalid_handle("FltUnregisterFilter", "filter", filter);
             return;
         }
-        Some(FilterState::Unregistered) => {
+        Some(FilterState::Unregistered | FilterState::Unregistering) => {
             violation(
                 "fltsim: FltUnregisterFilter called twice for the same filter (call it exactly once)"
                     .into(),
@@ -292,6 +299,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         }
         Some(_) => {}
     }
+    crate::pause::reach(Point::Unregister);
     let open_ports: Vec<String> = world::with(|w| {
         w.server_ports
             .values()
@@ -307,6 +315,9 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         return;
     }
     let (instances, mandatory) = world::with(|w| {
+        if let Some(f) = w.filter_by_handle(filter) {
+            f.state = FilterState::Unregistering;
+        }
         let mut instances: Vec<isize> = w
             .instances
             .iter()

@@ -18,8 +18,10 @@ use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_FLT_DO_NOT_DETACH, STATUS_
 
 use crate::callback::{call_at, hex, related_objects};
 use crate::irql::PASSIVE_LEVEL;
+use crate::pause::Point;
 use crate::verifier::violation;
-use crate::world::{self, FilterState, Instance, InstanceState, PostState};
+use crate::volume::Volume;
+use crate::world::{self, FilterState, Instance, InstanceState, PostState, Wait};
 
 /// Runs `InstanceSetup` for `volume` with `flags`; attaches the instance if it succeeds.
 pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
@@ -145,6 +147,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
             unsafe { start.call(&raw const objects, reason) };
         });
     }
+    crate::pause::reach(Point::TeardownStarted(Volume(volume)));
     drain(instance);
     if let Some(complete) = complete {
         call_at(PASSIVE_LEVEL, "InstanceTeardownCompleteCallback", || {
@@ -164,7 +167,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
 /// Waits for running callbacks and pended pre-ops of `instance`, then calls every owed post-op
 /// with `FLTFL_POST_OPERATION_DRAINING`.
 fn drain(instance: isize) {
-    let owed = world::wait_for(|w| {
+    let owed = world::wait_for(&Wait::Drain { instance }, |w| {
         let i = w.instances.get_mut(&instance)?;
         if i.active > 0 {
             return None;

@@ -63,6 +63,8 @@ impl Sim {
         crate::kernel::reset();
         crate::registry::reset();
         crate::service::reset();
+        crate::hang::reset();
+        crate::pause::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -273,7 +275,9 @@ impl Sim {
 
     /// Waits until at least `count` operations are held in the file system.
     pub fn wait_for_held_io(&self, count: usize) {
-        world::wait_for(|w| (w.held >= count).then_some(()));
+        world::wait_for(&world::Wait::HeldIoCount(count), |w| {
+            (w.held >= count).then_some(())
+        });
     }
 }
 

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+pub(crate) use crate::hang::Wait;
+
 use crate::abi::{
     ConnectNotify, ContextAllocate, ContextCleanup, ContextFree, DisconnectNotify, FilterUnload,
     InstanceQueryTeardown, InstanceSetup, InstanceTeardown, MessageNotify, PostOperation,
@@ -32,15 +34,12 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut World) -> R) -> R {
     f(guard.get_or_insert_with(World::default))
 }
 
-/// Waits until `ready` returns `Some`, re-checking it each time the state changes.
-pub(crate) fn wait_for<R>(mut ready: impl FnMut(&mut World) -> Option<R>) -> R {
-    let mut guard = lock_ignoring_poison(&WORLD);
-    loop {
-        if let Some(result) = ready(guard.get_or_insert_with(World::default)) {
-            return result;
-        }
-        guard = CHANGED.wait(guard).unwrap_or_else(PoisonError::into_inner);
-    }
+/// Waits until `ready` returns `Some`, re-checking it each time the state changes: a wait for
+/// `what`, bounded and checked for deadlocks by [`crate::hang`].
+pub(crate) fn wait_for<R>(what: &Wait, mut ready: impl FnMut(&mut World) -> Option<R>) -> R {
+    crate::hang::wait_on(&WORLD, &CHANGED, what, |world| {
+        ready(world.get_or_insert_with(World::default))
+    })
 }
 
 /// Wakes every waiter of [`wait_for`].
@@ -86,8 +85,6 @@ pub(crate) struct OperationEntry {
 pub(crate) struct ContextEntry {
     /// `FLT_*_CONTEXT`.
     pub context_type: u16,
-    /// `FLTFL_CONTEXT_REGISTRATION_*`.
-    pub flags: u16,
     /// Called when the last reference goes.
     pub cleanup: Option<ContextCleanup>,
     /// Size, or `FLT_VARIABLE_SIZED_CONTEXTS`.
@@ -107,6 +104,9 @@ pub(crate) enum FilterState {
     Registered,
     /// `FltStartFiltering` succeeded.
     Started,
+    /// `FltUnregisterFilter` is tearing the filter down: instances not yet torn down still get
+    /// operations, but no new volume is offered and no new context can be allocated.
+    Unregistering,
     /// `FltUnregisterFilter` ran.
     Unregistered,
 }

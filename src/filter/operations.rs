@@ -335,7 +335,8 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey) {
         return;
     }
     let mut raw: PFLT_CONTEXT = ptr::null_mut();
-    // SAFETY: stream contexts are declared in the registration with this size, paged.
+    // SAFETY: `filter` is the post-create's own filter; stream contexts are declared in the
+    // registration with this size, paged.
     let status = unsafe {
         FltAllocateContext(
             objects.Filter,

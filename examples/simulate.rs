@@ -97,6 +97,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(120_000);
     let sim = Sim::new();
+    // Installed from its INF first, as Windows Setup would: Filter Manager reads the instance
+    // definitions (altitude) from the service key.
+    if let Err(error) = fltsim::inf::install(include_str!("../inf/iotally.inx")) {
+        panic!("inf/iotally.inx does not install: {error}");
+    }
     let status = sim.load("iotally", iotally::DriverEntry);
     assert_eq!(status, 0, "DriverEntry failed: {status:#x}");
     let volumes = [

@@ -20,8 +20,13 @@ use windows_sys::Win32::Foundation::{
     STATUS_NOT_SUPPORTED, STATUS_SUCCESS, UNICODE_STRING,
 };
 
+use crate::abi::{
+    ContextAllocate, ContextCleanup, ContextFree, DriverEntryFn, FilterUnload,
+    InstanceQueryTeardown, InstanceSetup, InstanceTeardown, PostOperation, PreOperation,
+};
 use crate::callback::{call_at, hex};
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
+use crate::pause::Point;
 use crate::verifier::{irql_at_most, violation};
 use crate::world::{self, Anchor, ContextEntry, Filter, FilterState, OperationEntry};
 
@@ -30,10 +35,6 @@ const LOWEST_FLT_MAJOR: u8 = 0xEC;
 
 /// Array entries read before deciding that an operation or context array has no terminator.
 const MAX_ENTRIES: usize = 256;
-
-/// A `DriverEntry` routine.
-pub type DriverEntry =
-    unsafe extern "system" fn(*mut DRIVER_OBJECT, *const UNICODE_STRING) -> NTSTATUS;
 
 /// `FltRegisterFilter`: validates and copies the registration. IRQL `PASSIVE_LEVEL`.
 ///
@@ -58,10 +59,25 @@ pub unsafe extern "system" fn FltRegisterFilter(
     }
     // SAFETY: non-null, and the caller passes its FLT_REGISTRATION, valid for the call.
     let registration = unsafe { &*registration };
-    let filter = match parse_registration(registration) {
+    let mut filter = match parse_registration(registration) {
         Ok(filter) => filter,
         Err(status) => return status,
     };
+    // Filter Manager reads the service's instance definitions and features from the registry: no
+    // service key or no registered instance is STATUS_OBJECT_NAME_NOT_FOUND (`docs/kernel-rules.md`,
+    // "Registration and unload"; "FltRegisterFilter function (fltkernel.h)").
+    // SAFETY: checked non-null; the caller passes its driver object.
+    let Some(service) = (unsafe { crate::service::service_of(driver) }) else {
+        violation("fltsim: FltRegisterFilter: Driver is not a loaded driver's object".into());
+        return STATUS_INVALID_PARAMETER;
+    };
+    match crate::service::filter_settings(&service) {
+        Ok(settings) => {
+            filter.supported_features = settings.supported_features;
+            filter.service = service;
+        }
+        Err(status) => return status,
+    }
     let handle = filter.anchor.handle();
     let accepted = world::with(|w| {
         if w.filter
@@ -102,11 +118,18 @@ fn parse_registration(registration: &FLT_REGISTRATION) -> Result<Filter, NTSTATU
         state: FilterState::Registered,
         operations,
         contexts,
-        unload: registration.FilterUnloadCallback,
-        setup: registration.InstanceSetupCallback,
-        query_teardown: registration.InstanceQueryTeardownCallback,
-        teardown_start: registration.InstanceTeardownStartCallback,
-        teardown_complete: registration.InstanceTeardownCompleteCallback,
+        unload: FilterUnload::from_driver(registration.FilterUnloadCallback),
+        setup: InstanceSetup::from_driver(registration.InstanceSetupCallback),
+        query_teardown: InstanceQueryTeardown::from_driver(
+            registration.InstanceQueryTeardownCallback,
+        ),
+        teardown_start: InstanceTeardown::from_driver(registration.InstanceTeardownStartCallback),
+        teardown_complete: InstanceTeardown::from_driver(
+            registration.InstanceTeardownCompleteCallback,
+        ),
+        flags: registration.Flags,
+        supported_features: 0,
+        service: String::new(),
     })
 }
 
@@ -138,8 +161,8 @@ unsafe fn parse_operations(
         }
         let op = OperationEntry {
             flags: entry.Flags,
-            pre: entry.PreOperation,
-            post: entry.PostOperation,
+            pre: PreOperation::from_driver(entry.PreOperation),
+            post: PostOperation::from_driver(entry.PostOperation),
         };
         if operations.insert(entry.MajorFunction, op).is_some() {
             return Err(STATUS_INVALID_PARAMETER);
@@ -187,12 +210,11 @@ unsafe fn parse_contexts(
         }
         contexts.push(ContextEntry {
             context_type: entry.ContextType,
-            flags: entry.Flags,
-            cleanup: entry.ContextCleanupCallback,
+            cleanup: ContextCleanup::from_driver(entry.ContextCleanupCallback),
             size: entry.Size,
             tag: entry.PoolTag,
-            allocate: entry.ContextAllocateCallback,
-            free: entry.ContextFreeCallback,
+            allocate: ContextAllocate::from_driver(entry.ContextAllocateCallback),
+            free: ContextFree::from_driver(entry.ContextFreeCallback),
         });
     }
     violation(format!(
@@ -248,6 +270,13 @@ pub unsafe extern "system" fn FltStartFiltering(filter: PFLT_FILTER) -> NTSTATUS
 /// Call it exactly once. With a communication server port still open it would hang on Windows:
 /// fltsim reports that and does not unregister.
 ///
+/// On entry the thread passes [`Point::Unregister`], where a test can stop it while operations and
+/// mounts still reach the filter. Then the filter is being torn down ("`FltUnregisterFilter` function
+/// (fltkernel.h)"): instances are torn down one by one, each receiving operations until its own
+/// teardown starts; volumes mounted from then on are not offered to the filter; and
+/// `FltAllocateContext` returns `STATUS_FLT_DELETING_OBJECT` ("`FltAllocateContext` function
+/// (fltkernel.h)": the filter "is being torn down").
+///
 /// # Safety
 /// None beyond the routine's contract; an unknown handle is reported.
 #[unsafe(no_mangle)]
@@ -261,7 +290,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
             crate::verifier::invalid_handle("FltUnregisterFilter", "filter", filter);
             return;
         }
-        Some(FilterState::Unregistered) => {
+        Some(FilterState::Unregistered | FilterState::Unregistering) => {
             violation(
                 "fltsim: FltUnregisterFilter called twice for the same filter (call it exactly once)"
                     .into(),
@@ -270,6 +299,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         }
         Some(_) => {}
     }
+    crate::pause::reach(Point::Unregister);
     let open_ports: Vec<String> = world::with(|w| {
         w.server_ports
             .values()
@@ -285,6 +315,9 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         return;
     }
     let (instances, mandatory) = world::with(|w| {
+        if let Some(f) = w.filter_by_handle(filter) {
+            f.state = FilterState::Unregistering;
+        }
         let mut instances: Vec<isize> = w
             .instances
             .iter()
@@ -349,7 +382,7 @@ pub(crate) fn unicode(buffer: &[u16]) -> UNICODE_STRING {
 }
 
 /// Calls `entry` like the I/O manager loads a driver named `name`.
-pub(crate) fn load(name: &str, entry: DriverEntry) -> (NTSTATUS, DriverImage) {
+pub(crate) fn load(name: &str, entry: DriverEntryFn) -> (NTSTATUS, DriverImage) {
     let registry: Vec<u16> =
         format!("\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\{name}")
             .encode_utf16()
@@ -369,7 +402,7 @@ pub(crate) fn load(name: &str, entry: DriverEntry) -> (NTSTATUS, DriverImage) {
     let object: *mut DRIVER_OBJECT = &raw mut *image.object;
     let status = call_at(PASSIVE_LEVEL, "DriverEntry", || {
         // SAFETY: `object` and `path` are valid for the call; the driver's entry point contract.
-        unsafe { entry(object, &raw const path) }
+        unsafe { entry.call(object, &raw const path) }
     });
     if status >= 0 {
         world::with(|w| w.driver_loaded = true);
@@ -407,7 +440,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
         Ok(callback) => callback,
         Err(message) => panic!("{message}"),
     };
-    // Without FilterUnloadCallback Filter Manager cannot unload the filter (kernel-facts.md).
+    // Without FilterUnloadCallback Filter Manager cannot unload the filter (`docs/kernel-rules.md`, "Registration and unload").
     let Some(callback) = callback else {
         return STATUS_NOT_SUPPORTED;
     };
@@ -419,7 +452,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
     };
     let status = call_at(PASSIVE_LEVEL, "FilterUnload", || {
         // SAFETY: the driver's registered FilterUnloadCallback, called with its documented flags.
-        unsafe { callback(flags) }
+        unsafe { callback.call(flags) }
     });
     world::with(|w| w.unloading_mandatory = false);
     let unregistered = world::with(|w| {

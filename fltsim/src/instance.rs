@@ -12,13 +12,16 @@ use std::ptr;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_POSTOP_FINISHED_PROCESSING, FLT_RELATED_OBJECTS,
     FLTFL_INSTANCE_TEARDOWN_MANUAL, FLTFL_POST_OPERATION_DRAINING,
+    FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME,
 };
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_FLT_DO_NOT_DETACH, STATUS_SUCCESS};
 
 use crate::callback::{call_at, hex, related_objects};
 use crate::irql::PASSIVE_LEVEL;
+use crate::pause::Point;
 use crate::verifier::violation;
-use crate::world::{self, FilterState, Instance, InstanceState, PostState};
+use crate::volume::Volume;
+use crate::world::{self, FilterState, Instance, InstanceState, PostState, Wait};
 
 /// Runs `InstanceSetup` for `volume` with `flags`; attaches the instance if it succeeds.
 pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
@@ -29,12 +32,22 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
             .filter(|f| f.state == FilterState::Started)?;
         let callback = filter.setup;
         let filter_handle = filter.anchor.handle();
+        let supports_dax = filter.flags & FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME != 0;
         let spec = w.volume(volume).filter(|v| !v.removed)?.spec.clone();
+        // Filter Manager attaches to a direct-access volume only filters that registered
+        // FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME (`docs/kernel-rules.md`, "Registration and unload";
+        // "FLT_REGISTRATION structure (fltkernel.h)").
+        if spec.dax && !supports_dax {
+            return None;
+        }
         if w.instance_on(volume).is_some() {
             return None;
         }
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
+        if let Some(v) = w.volume(volume) {
+            v.instance = Some(handle);
+        }
         w.instances.insert(
             handle,
             Instance {
@@ -55,7 +68,7 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
         call_at(PASSIVE_LEVEL, "InstanceSetupCallback", || {
             // SAFETY: the driver's InstanceSetupCallback with valid related objects.
             unsafe {
-                callback(
+                callback.call(
                     &raw const objects,
                     flags,
                     spec.file_system.device_type(),
@@ -98,7 +111,7 @@ pub(crate) fn detach(instance: isize) -> NTSTATUS {
     let objects = related_objects(filter, volume, instance, ptr::null());
     let status = call_at(PASSIVE_LEVEL, "InstanceQueryTeardownCallback", || {
         // SAFETY: the driver's InstanceQueryTeardownCallback with valid related objects; flags 0.
-        unsafe { query(&raw const objects, 0) }
+        unsafe { query.call(&raw const objects, 0) }
     });
     if status < 0 {
         return status;
@@ -131,14 +144,15 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
     if let Some(start) = start {
         call_at(PASSIVE_LEVEL, "InstanceTeardownStartCallback", || {
             // SAFETY: the driver's InstanceTeardownStartCallback with valid related objects.
-            unsafe { start(&raw const objects, reason) };
+            unsafe { start.call(&raw const objects, reason) };
         });
     }
+    crate::pause::reach(Point::TeardownStarted(Volume(volume)));
     drain(instance);
     if let Some(complete) = complete {
         call_at(PASSIVE_LEVEL, "InstanceTeardownCompleteCallback", || {
             // SAFETY: the driver's InstanceTeardownCompleteCallback with valid related objects.
-            unsafe { complete(&raw const objects, reason) };
+            unsafe { complete.call(&raw const objects, reason) };
         });
     }
     crate::objects::wait_for_rundown(instance);
@@ -154,7 +168,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
 /// Waits for running callbacks and pended pre-ops of `instance`, then calls every owed post-op
 /// with `FLTFL_POST_OPERATION_DRAINING`.
 fn drain(instance: isize) {
-    let owed = world::wait_for(|w| {
+    let owed = world::wait_for(&Wait::Drain { instance }, |w| {
         let i = w.instances.get_mut(&instance)?;
         if i.active > 0 {
             return None;
@@ -173,7 +187,7 @@ fn drain(instance: isize) {
             // SAFETY: the operation's thread waits (PostState::Draining) until this returns, so the
             // callback data and related objects stay valid; the driver's post-op callback.
             unsafe {
-                (post.post)(
+                post.post.call(
                     data as *mut FLT_CALLBACK_DATA,
                     post.objects as *const FLT_RELATED_OBJECTS,
                     post.completion_context as *const core::ffi::c_void,

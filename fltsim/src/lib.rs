@@ -11,32 +11,44 @@
 //! Only one [`Sim`] exists at a time in a process: creating one waits until the previous one is gone,
 //! because a driver's globals (its filter handle) and the simulated kernel are process-wide.
 
+mod abi;
 pub mod apc;
 pub mod bugcheck;
 mod callback;
 mod context;
 mod file;
 mod filter;
+mod fs;
+mod fsctl;
+pub mod hang;
+pub mod inf;
 mod instance;
 mod io;
 pub mod irql;
 pub mod kernel;
+mod names;
 mod objects;
+mod pause;
 pub mod pool;
 mod port;
 pub mod pushlock;
+mod query;
 pub mod registry;
+pub mod service;
 mod session;
+mod setinfo;
+mod transfer;
 mod usermem;
 pub mod verifier;
 mod volume;
 mod world;
 
+pub use abi::DriverEntry;
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};
-pub use filter::DriverEntry;
+pub use pause::{Pause, Point};
 pub use port::{Caller, FLT_PORT_ALL_ACCESS, Input, Output, PortClient, Reply};
 pub use session::Sim;
 pub use verifier::Report;
-pub use volume::{FileSystem, Volume, VolumeSpec};
+pub use volume::{FastIo, FileIdAnswer, FileSystem, Volume, VolumeSpec};
 pub use world::PostIrql;

@@ -4,9 +4,7 @@
 //! A rundown reference ("`FltObjectReference` function (fltkernel.h)": it "prevents the object from
 //! being freed") is counted per handle. An instance's teardown waits for its references to go
 //! before its contexts are deleted ([`wait_for_rundown`]); a reference never released would make
-//! the teardown, and so `FltUnregisterFilter`, hang on Windows: fltsim reports that instead.
-
-use std::time::Duration;
+//! the teardown, and so `FltUnregisterFilter`, hang on Windows: fltsim's bound on waits reports it.
 
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{PFLT_FILTER, PFLT_INSTANCE, PFLT_VOLUME};
 use windows_sys::Win32::Foundation::{
@@ -20,9 +18,6 @@ use windows_sys::Win32::Storage::InstallableFileSystems::{
 use crate::irql::{APC_LEVEL, DISPATCH_LEVEL};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
 use crate::world::{self, FilterState, InstanceState, World};
-
-/// How long a teardown waits for rundown references before fltsim calls it a hang.
-const RUNDOWN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What kind of object a handle is, and whether it is being torn down.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -216,21 +211,12 @@ pub unsafe extern "system" fn FltGetFileSystemType(
     }
 }
 
-/// Waits until `instance` has no rundown reference left (its teardown cannot finish before). A
-/// reference still held after [`RUNDOWN_PATIENCE`] is reported: on Windows the teardown would wait
-/// forever.
+/// Waits until `instance` has no rundown reference left (its teardown cannot finish before); a
+/// reference never released is reported as the hang it is on Windows (see [`crate::hang`]).
 pub(crate) fn wait_for_rundown(instance: isize) {
-    let drained = world::wait_for_at_most(RUNDOWN_PATIENCE, |w| {
+    world::wait_for(&world::Wait::Rundown { instance }, |w| {
         (!w.object_references.contains_key(&instance)).then_some(())
     });
-    if drained.is_none() {
-        let left = world::with(|w| w.object_references.remove(&instance).unwrap_or(0));
-        violation(format!(
-            "fltsim: instance teardown hangs: instance {instance:#x} keeps {left} rundown \
-             reference(s) from FltEnumerateInstances or FltObjectReference that nobody released \
-             with FltObjectDereference"
-        ));
-    }
 }
 
 /// Rundown references still held, as `(handle, count)`, for the report.

@@ -28,6 +28,7 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 
 use crate::Sim;
+use crate::abi::{ConnectNotify, DisconnectNotify, MessageNotify};
 use crate::callback::call_at;
 use crate::irql::PASSIVE_LEVEL;
 use crate::usermem::{self, Access, UNMAPPED_BASE, UNMAPPED_LIMIT};
@@ -163,8 +164,10 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
             return STATUS_INVALID_PARAMETER;
         }
     };
-    if serverport.is_null() || connectnotifycallback.is_none() || disconnectnotifycallback.is_none()
-    {
+    let connect = ConnectNotify::from_driver(connectnotifycallback);
+    let disconnect = DisconnectNotify::from_driver(disconnectnotifycallback);
+    let message = MessageNotify::from_driver(messagenotifycallback);
+    if serverport.is_null() || connect.is_none() || disconnect.is_none() {
         violation(
             "fltsim: FltCreateCommunicationPort: ServerPort, ConnectNotifyCallback and \
              DisconnectNotifyCallback are required"
@@ -192,9 +195,9 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
                 _anchor: anchor,
                 name,
                 cookie: serverportcookie as usize,
-                connect: connectnotifycallback,
-                disconnect: disconnectnotifycallback,
-                message: messagenotifycallback,
+                connect,
+                disconnect,
+                message,
                 max_connections: maxconnections,
                 open: true,
                 connections: 0,
@@ -275,7 +278,7 @@ pub unsafe extern "system" fn FltCloseClientPort(filter: PFLT_FILTER, clientport
 
 /// A `DisconnectNotify` call owed to a connection that just ended: the client port, its cookie and
 /// the callback.
-pub(crate) type Disconnect = (isize, usize, PFLT_DISCONNECT_NOTIFY);
+pub(crate) type Disconnect = (isize, usize, Option<DisconnectNotify>);
 
 /// Marks every live connection disconnected (the filter is unregistering); returns the calls to
 /// make to `DisconnectNotify`.
@@ -307,7 +310,7 @@ pub(crate) fn disconnect_all_clients() -> Vec<Disconnect> {
 /// `MessageNotify` calls still running on it have returned (a disconnect never overtakes them).
 pub(crate) fn notify_disconnects(calls: Vec<Disconnect>) {
     for (client, cookie, disconnect) in calls {
-        world::wait_for(|w| {
+        world::wait_for(&world::Wait::Messages { client }, |w| {
             w.client_ports
                 .get(&client)
                 .is_none_or(|c| c.in_flight == 0)
@@ -316,7 +319,7 @@ pub(crate) fn notify_disconnects(calls: Vec<Disconnect>) {
         if let Some(disconnect) = disconnect {
             call_at(PASSIVE_LEVEL, "DisconnectNotifyCallback", || {
                 // SAFETY: the driver's DisconnectNotify with the cookie its ConnectNotify returned.
-                unsafe { disconnect(cookie as *const c_void) };
+                unsafe { disconnect.call(cookie as *const c_void) };
             });
         }
     }
@@ -414,7 +417,7 @@ impl Sim {
                 // SAFETY: the driver's ConnectNotify with a live client port, its server cookie,
                 // the connection context bytes and an output cookie slot.
                 unsafe {
-                    connect(
+                    connect.call(
                         handle,
                         server_cookie as *const c_void,
                         if bytes.is_empty() {
@@ -665,7 +668,7 @@ impl PortClient<'_> {
             // SAFETY: the driver's MessageNotify with its connection cookie and user buffers that
             // stay allocated for the call (or NULL, or unmapped addresses on purpose).
             unsafe {
-                message(
+                message.call(
                     cookie as *const c_void,
                     input_pointer,
                     input_length,

@@ -3,9 +3,9 @@
 //! `FltObjectDereference` when the list drops, on every path.
 
 use allocator_api2::vec::Vec;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FltEnumerateInstances, FltObjectDereference, PFLT_FILTER, PFLT_INSTANCE,
-};
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::{PFLT_FILTER, PFLT_INSTANCE};
+
+use crate::flt::{FltEnumerateInstances, FltGetFileSystemType, FltObjectDereference};
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
 };
@@ -96,7 +96,7 @@ pub(super) fn file_system(instance: PFLT_INSTANCE) -> FLT_FILESYSTEM_TYPE {
     let mut fs = FLT_FSTYPE_UNKNOWN;
     // SAFETY: a referenced instance and a valid output variable.
     let status = unsafe {
-        windows_sys::Wdk::Storage::FileSystem::Minifilters::FltGetFileSystemType(
+        FltGetFileSystemType(
             core::ptr::without_provenance(instance.cast_unsigned()),
             &raw mut fs,
         )

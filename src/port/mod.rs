@@ -21,9 +21,11 @@ use core::ptr;
 use core::sync::atomic::{AtomicI64, AtomicIsize, Ordering};
 
 use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::{PFLT_FILTER, PFLT_PORT};
+
+use crate::flt::{
     FltBuildDefaultSecurityDescriptor, FltCloseClientPort, FltCloseCommunicationPort,
-    FltCreateCommunicationPort, FltFreeSecurityDescriptor, PFLT_FILTER, PFLT_PORT,
+    FltCreateCommunicationPort, FltFreeSecurityDescriptor,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_SUCCESS, UNICODE_STRING,

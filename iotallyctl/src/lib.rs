@@ -2,8 +2,8 @@
 //! communication port `\iotally`.
 //!
 //! The same client code runs over any [`transport::Transport`]: `FilterConnectCommunicationPort`
-//! / `FilterSendMessage` on Windows ([`windows`]), fltsim's port with feature `sim` ([`sim`]),
-//! which the tests and the demo use.
+//! / `FilterSendMessage` on Windows (module `windows`), fltsim's port with feature `sim` (module
+//! `sim`), which the tests and the demo use.
 
 pub mod cli;
 pub mod client;

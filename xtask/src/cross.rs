@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::toolchain::{CARGO, LLD_LINK, RUSTC};
+use crate::toolchain::{CARGO, LLD_LINK, MINGW_GCC, RUSTC};
 
 /// The Rust target of the kernel image.
 pub const TARGET: &str = "x86_64-pc-windows-msvc";
@@ -115,6 +115,53 @@ pub fn invocation(
         ],
         remove: env.into_iter().filter(|name| must_remove(name)).collect(),
     }
+}
+
+/// The Rust target of `iotallyctl.exe`.
+pub const TOOL_TARGET: &str = "x86_64-pc-windows-gnu";
+/// The tool's package (and binary).
+pub const TOOL: &str = "iotallyctl";
+
+/// Debian's cargo building `iotallyctl.exe` for [`TOOL_TARGET`] in release mode, with the standard
+/// library rebuilt from Debian's sources (`-Zbuild-std=std,panic_abort`: rustup cannot add the
+/// target here) and linked by mingw-w64's GCC, into `target_dir`.
+#[must_use]
+pub fn tool_invocation(
+    workspace: &Path,
+    target_dir: &Path,
+    env: impl IntoIterator<Item = String>,
+    path: Option<OsString>,
+) -> Invocation {
+    let mut inv = invocation(Task::Build, workspace, target_dir, env, path);
+    inv.args = [
+        "build".into(),
+        "--manifest-path".into(),
+        workspace.join("Cargo.toml").into_os_string(),
+        "--package".into(),
+        TOOL.into(),
+        "--bin".into(),
+        TOOL.into(),
+        "--release".into(),
+        "--locked".into(),
+        "--target".into(),
+        TOOL_TARGET.into(),
+        "-Zbuild-std=std,panic_abort".into(),
+        "--config".into(),
+        format!("target.{TOOL_TARGET}.linker=\"{MINGW_GCC}\"").into(),
+        "--target-dir".into(),
+        target_dir.as_os_str().to_owned(),
+    ]
+    .into();
+    inv
+}
+
+/// Where cargo leaves `iotallyctl.exe`.
+#[must_use]
+pub fn built_tool(target_dir: &Path) -> PathBuf {
+    target_dir
+        .join(TOOL_TARGET)
+        .join("release")
+        .join(format!("{TOOL}.exe"))
 }
 
 /// Where cargo leaves the linked driver (cargo names a cdylib `.dll`).
@@ -231,6 +278,31 @@ mod tests {
         assert_eq!(clippy.args[1..build.args.len()], build.args[1..]);
         assert_eq!(clippy.args[build.args.len()..], ["--", "-D", "warnings"]);
         assert_eq!(clippy.set, build.set);
+    }
+
+    #[test]
+    fn the_tool_is_built_for_windows_gnu_with_the_same_environment() {
+        let driver = invocation(Task::Build, Path::new("/w"), Path::new("/t"), [], None);
+        let tool = super::tool_invocation(Path::new("/w"), Path::new("/t2"), [], None);
+        let line: Vec<String> = tool
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        for needle in [
+            "build --manifest-path /w/Cargo.toml --package iotallyctl --bin iotallyctl --release",
+            "--target x86_64-pc-windows-gnu -Zbuild-std=std,panic_abort",
+            "linker=\"/usr/bin/x86_64-w64-mingw32-gcc\"",
+            "--target-dir /t2",
+        ] {
+            assert!(line.contains(needle), "{needle} not in {line}");
+        }
+        assert_eq!(tool.set, driver.set);
+        assert_eq!(
+            super::built_tool(Path::new("/t2")),
+            Path::new("/t2/x86_64-pc-windows-gnu/release/iotallyctl.exe")
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask package`: installs Debian's toolchain if missing, cross-builds `iotally.sys` for
 //!   64-bit Windows, writes `target/package/iotally.sys` and `iotally.inf`, verifies the image and
-//!   prints a report. Exits non-zero if anything fails.
+//!   prints a report; then cross-builds `target/package/iotallyctl.exe` and checks it. Exits
+//!   non-zero if anything fails.
 //! - `cargo xtask clippy`: clippy (`-D warnings`) over the cross build, which lints the Windows-only
 //!   code that host clippy never compiles.
 //! - `cargo xtask verify <image.sys>`: verifies and reports on any x64 kernel driver image.
@@ -85,7 +86,47 @@ fn package() -> Result<()> {
     write_inf(&root, &inf)?;
     println!("xtask: wrote {} and {}", sys.display(), inf.display());
 
-    verify_file(&sys, &Policy::IOTALLY)
+    verify_file(&sys, &Policy::IOTALLY)?;
+    package_tool(&root, &package_dir)
+}
+
+/// Cross-builds `iotallyctl.exe` into `package_dir` and checks that it is a 64-bit Windows console
+/// program talking to Filter Manager through `fltlib.dll`.
+fn package_tool(root: &Path, package_dir: &Path) -> Result<()> {
+    let tool_dir = root.join("target").join("cross-tool");
+    let started = Instant::now();
+    run(&cross::tool_invocation(
+        root,
+        &tool_dir,
+        env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+        env::var_os("PATH"),
+    ))?;
+    println!(
+        "xtask: cross build of {}.exe took {:.1} s",
+        cross::TOOL,
+        started.elapsed().as_secs_f64()
+    );
+    let built = cross::built_tool(&tool_dir);
+    let exe = package_dir.join(format!("{}.exe", cross::TOOL));
+    fs::copy(&built, &exe)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), exe.display()))?;
+    let image = fs::read(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let imports = pe_check::tool_imports(&image).map_err(|e| format!("{}: {e}", exe.display()))?;
+    if !imports
+        .iter()
+        .any(|(dll, name)| dll.eq_ignore_ascii_case("fltlib.dll") && name == "FilterSendMessage")
+    {
+        return Err(format!(
+            "{} does not import FilterSendMessage from fltlib.dll",
+            exe.display()
+        ));
+    }
+    println!(
+        "xtask: wrote {} ({} bytes, a console program importing FilterSendMessage from fltlib.dll)",
+        exe.display(),
+        image.len()
+    );
+    Ok(())
 }
 
 /// Clippy over the cross build, so that Windows-only code (`cfg(windows)`, the runtime) is linted

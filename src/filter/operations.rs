@@ -254,6 +254,10 @@ fn attach_stream_context(instance: PFLT_INSTANCE, file: *const FILE_OBJECT, key:
             ptr::null_mut(),
         );
     }
+    // A deliberate bug (feature `broken-leak-context`, never shipped): our reference is never
+    // released, so the context outlives its stream and the driver.
+    #[cfg(feature = "broken-leak-context")]
+    core::mem::forget(owned);
 }
 
 /// `PreOperation` for `IRP_MJ_READ`.
@@ -316,8 +320,10 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
     };
-    owner
-        .tallies()
-        .read()
-        .record_io(key, io, u64::from(length), now());
+    let tallies = owner.tallies().read();
+    tallies.record_io(key, io, u64::from(length), now());
+    // A deliberate bug (feature `broken-hold-push-lock`, never shipped): the shared hold is never
+    // released, and the callback returns with the lock held (and normal kernel APCs disabled).
+    #[cfg(feature = "broken-hold-push-lock")]
+    core::mem::forget(tallies);
 }

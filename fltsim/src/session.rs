@@ -14,7 +14,7 @@ use crate::abi::{DriverEntry, DriverEntryFn};
 use crate::filter::DriverImage;
 use crate::image::{ImageError, ImageOptions, LoadedImage};
 use crate::verifier::{self, Report, tag_text};
-use crate::volume::{Volume, VolumeSpec};
+use crate::volume::{FastIo, Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
 
 /// Serializes simulations: the simulated kernel and a loaded driver's globals are process-wide.
@@ -64,6 +64,9 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::service::reset();
+        crate::hang::reset();
+        crate::pause::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -196,13 +199,16 @@ impl Sim {
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
         world::with(|w| {
-            w.volumes.push(world::Volume {
+            w.add_volume(world::Volume {
                 anchor,
+                files: crate::fs::Namespace::new(spec.file_system),
                 spec,
                 removed: false,
-                files: std::collections::HashMap::new(),
-                next_id: 0x10_0000_0000_0005,
                 open_streams: std::collections::HashMap::new(),
+                instance: None,
+                locks: std::collections::HashMap::new(),
+                fast_io: crate::volume::FastIo::Possible,
+                fast_io_rng: 0,
             });
         });
         crate::instance::setup(
@@ -301,6 +307,18 @@ impl Sim {
         verifier::set_irql_checks(enabled);
     }
 
+    /// Chooses when `volume`'s file system refuses fast I/O beyond the cases it always refuses
+    /// (a file object not cached yet, a conflicting byte-range lock); see [`FastIo`]. A refused
+    /// fast read or write is reissued as an IRP, as the I/O manager does.
+    pub fn set_fast_io(&self, volume: Volume, fast_io: FastIo) {
+        world::with(|w| {
+            if let Some(v) = w.volume(volume.0) {
+                v.fast_io = fast_io;
+                v.fast_io_rng = 0;
+            }
+        });
+    }
+
     /// From now on, operations that reach the file system wait there until [`Sim::release_io`]:
     /// the way to have I/O in flight while a volume detaches or the driver unloads.
     pub fn hold_io(&self) {
@@ -315,7 +333,9 @@ impl Sim {
 
     /// Waits until at least `count` operations are held in the file system.
     pub fn wait_for_held_io(&self, count: usize) {
-        world::wait_for(|w| (w.held >= count).then_some(()));
+        world::wait_for(&world::Wait::HeldIoCount(count), |w| {
+            (w.held >= count).then_some(())
+        });
     }
 }
 

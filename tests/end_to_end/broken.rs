@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{required, root};
 
 /// The longest one suite test may take on the broken image before it counts as hung.
-const TIMEOUT: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_mins(2);
 
 /// Runs the suite test `name` (against the release image, replaced by `image`) in a child process;
 /// returns whether it passed and its stderr.

@@ -190,10 +190,20 @@ pub struct Machine {
     pub sim: Sim,
 }
 
+/// iotally's INF template, as the package ships it (less the stamped `DriverVer`).
+const INX: &str = include_str!("../../inf/iotally.inx");
+
+/// Installs iotally from its INF into the simulated registry, as Windows Setup would (call after
+/// `Sim::new`, before loading).
+pub fn install() {
+    fltsim::inf::install(INX).expect("inf/iotally.inx installs");
+}
+
 impl Machine {
-    /// A new machine with `driver` loaded (asserting that it loaded).
+    /// A new machine with iotally installed and `driver` loaded (asserting that it loaded).
     pub fn new(driver: Driver) -> Self {
         let sim = Sim::new();
+        install();
         assert_eq!(driver.load(&sim), STATUS_SUCCESS, "DriverEntry failed");
         Self { sim }
     }

@@ -101,6 +101,7 @@ for_each_driver! {
 for_each_driver! {
     fn the_table_bound_comes_from_the_registry(driver: Driver) {
         let sim = fltsim::Sim::new();
+        crate::harness::install();
         registry::set_value(PARAMETERS, "MaxEntriesPerInstance", Value::Dword(7));
         assert_eq!(driver.load(&sim), STATUS_SUCCESS);
         assert!(logged("iotally: filtering; at most 7 files tallied per volume\n"));

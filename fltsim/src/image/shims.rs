@@ -23,6 +23,7 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     PFLT_INSTANCE, PFLT_MESSAGE_NOTIFY, PFLT_PORT, PFLT_POST_OPERATION_CALLBACK, PFLT_VOLUME,
 };
 use windows_sys::Wdk::System::Registry::KEY_VALUE_INFORMATION_CLASS;
+use windows_sys::Wdk::System::SystemServices::DRIVER_REGKEY_TYPE;
 use windows_sys::Win32::Foundation::{HANDLE, NTSTATUS, UNICODE_STRING};
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 use windows_sys::Win32::System::Diagnostics::Debug::BUGCHECK_ERROR;
@@ -93,6 +94,14 @@ shims! {
     NTOSKRNL KeBugCheckEx(code: BUGCHECK_ERROR, p1: usize, p2: usize, p3: usize, p4: usize)
         = crate::kernel::KeBugCheckEx, windows_sys::Wdk::System::SystemServices::KeBugCheckEx,
         via crate::image::bugcheck::raised_by_image;
+    NTOSKRNL IoOpenDriverRegistryKey(
+        driverobject: *const DRIVER_OBJECT,
+        regkeytype: DRIVER_REGKEY_TYPE,
+        desiredaccess: u32,
+        flags: u32,
+        driverregkey: *mut HANDLE,
+    ) -> NTSTATUS
+        = crate::registry::IoOpenDriverRegistryKey, windows_sys::Wdk::System::SystemServices::IoOpenDriverRegistryKey;
     NTOSKRNL KeEnterCriticalRegion()
         = crate::apc::KeEnterCriticalRegion, windows_sys::Wdk::System::SystemServices::KeEnterCriticalRegion;
     NTOSKRNL KeLeaveCriticalRegion()

@@ -34,6 +34,14 @@ fn spec(entry: Entry) -> Spec {
     }
 }
 
+/// A new simulation with the test driver's service installed (Filter Manager needs its instance
+/// definitions).
+fn machine() -> Sim {
+    let sim = Sim::new();
+    fltsim::service::install_minifilter("testdrv", "370000");
+    sim
+}
+
 fn load(sim: &Sim, path: &std::path::Path) -> i32 {
     sim.load_image(
         "testdrv",
@@ -48,7 +56,7 @@ fn relocations_imports_and_the_win64_convention_work_both_ways() {
     let Some(path) = image("allocate", &spec(Entry::Allocate)) else {
         return;
     };
-    let sim = Sim::new();
+    let sim = machine();
     // DriverEntry read the flags through a relocated pointer, passed them, the size and the tag in
     // RCX, RDX and R8 to ExAllocatePool2 (a SysV routine behind a win64 shim), stored into the block
     // with an aligned SSE store, and found XMM6 (callee-saved in win64) intact after the call.
@@ -70,10 +78,10 @@ fn cr8_reads_return_the_simulated_irql() {
     let Some(path) = image("read-cr8", &spec(Entry::ReadCr8)) else {
         return;
     };
-    let sim = Sim::new();
+    let sim = machine();
     assert_eq!(load(&sim, &path), 0, "at PASSIVE_LEVEL");
     drop(sim);
-    let sim = Sim::new();
+    let sim = machine();
     let _dispatch = irql::raise(DISPATCH_LEVEL);
     assert_eq!(load(&sim, &path), 2, "at DISPATCH_LEVEL");
 }
@@ -83,7 +91,7 @@ fn cr8_writes_set_the_simulated_irql() {
     let Some(path) = image("write-cr8", &spec(Entry::WriteCr8)) else {
         return;
     };
-    let sim = Sim::new();
+    let sim = machine();
     // The entry raised to 1, read 1 back, lowered to 0 again: returning at the IRQL it was called
     // at, which fltsim checks.
     assert_eq!(load(&sim, &path), 1);
@@ -96,7 +104,7 @@ fn a_bug_check_names_its_code_parameters_and_panic_location() {
         return;
     };
     let report = fltsim::bugcheck::bugcheck_output(|| {
-        let sim = Sim::new();
+        let sim = machine();
         load(&sim, &path);
     });
     let code = format!("fltsim: KeBugCheckEx({BUGCHECK_CODE:#010X}, 0x");
@@ -114,7 +122,7 @@ fn a_bug_check_with_another_code_is_not_decoded() {
         return;
     };
     expect_bugcheck("raised by driver image testdrv\n", || {
-        let sim = Sim::new();
+        let sim = machine();
         let _ = sim.load_image("testdrv", &path, ImageOptions::new());
     });
 }
@@ -127,7 +135,7 @@ fn a_fault_that_is_not_a_cr8_access_is_forwarded() {
     expect_bugcheck(
         "bytes [0f, 20, d8, c3]: not a CR8 access; forwarding it",
         || {
-            let sim = Sim::new();
+            let sim = machine();
             load(&sim, &path);
         },
     );
@@ -142,7 +150,7 @@ fn an_unknown_import_fails_the_load_naming_it() {
     let Some(path) = image("unknown-import", &spec) else {
         return;
     };
-    let sim = Sim::new();
+    let sim = machine();
     let error = sim
         .load_image("testdrv", &path, ImageOptions::new())
         .unwrap_err();
@@ -161,7 +169,7 @@ fn malformed_and_missing_files_are_refused() {
         eprintln!("skipped: driver images run only on x86-64 Linux");
         return;
     }
-    let sim = Sim::new();
+    let sim = machine();
     let missing = sim.load_image(
         "testdrv",
         "/nonexistent/x.sys".as_ref(),
@@ -186,7 +194,7 @@ fn image_callbacks_run_and_the_driver_unloads_cleanly() {
     let Some(path) = image("filter", &spec(Entry::Filter)) else {
         return;
     };
-    let sim = Sim::new();
+    let sim = machine();
     assert_eq!(load(&sim, &path), 0);
     // InstanceSetup, called through win64, refuses the volume.
     let volume = sim.add_volume(VolumeSpec::new(
@@ -207,7 +215,7 @@ fn a_call_into_an_unloaded_image_stops_the_process() {
     expect_bugcheck(
         "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS (0xCE): code of an unloaded driver image ran",
         || {
-            let sim = Sim::new();
+            let sim = machine();
             // DriverEntry fails with its filter still registered: the image is unloaded anyway,
             // and the volume mounted next is offered to an InstanceSetup that is gone.
             assert_eq!(load(&sim, &path), 0xC000_0001_u32.cast_signed());

@@ -61,9 +61,14 @@ fn the_deliberately_broken_image_fails_the_suite() {
     let built = Command::new(env!("CARGO"))
         .args(["xtask", "broken-image"])
         .current_dir(root())
-        .status()
+        .output()
         .unwrap();
-    assert!(built.success(), "cargo xtask broken-image failed");
+    assert!(
+        built.status.success(),
+        "cargo xtask broken-image failed:\n{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
     let image = root().join("target/broken-image/iotally.sys");
     for (test, finding) in [
         (

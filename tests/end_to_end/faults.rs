@@ -4,7 +4,9 @@
 use fltsim::pool::{self, FaultPlan};
 use iotally::pool::tags;
 
-use crate::harness::{Machine, for_each_driver};
+use iotally_protocol::Stat;
+
+use crate::harness::{Machine, for_each_driver, stat};
 use crate::workload;
 
 for_each_driver! {
@@ -13,9 +15,43 @@ for_each_driver! {
         let volumes = workload::volumes(&machine);
         pool::set_fault_injection(FaultPlan::percent(20, 0x5EED, None));
         // `run` asserts that every operation succeeds.
-        workload::run(&machine, &volumes, 2, 200, 30);
+        let done = workload::run(&machine, &volumes, 2, 200, 30);
         assert!(pool::injected_failures() > 0, "no allocation was failed");
         pool::set_fault_injection(FaultPlan::Off);
+        // What was tallied is never more than what was done, and every tally lost is counted.
+        let mut client = machine.client();
+        let (_, instances) = client.instances().unwrap();
+        assert_eq!(instances.len(), volumes.len());
+        for instance in &instances {
+            let index = workload::DEVICES
+                .iter()
+                .position(|d| *d == instance.volume)
+                .unwrap();
+            let files = client.dump(&instance.volume, 0).unwrap();
+            let mut lost = done.keys().filter(|(v, _)| *v == index).count() > files.files.len();
+            for file in &files.files {
+                let path = file.name.strip_prefix(&instance.volume).unwrap();
+                let did = done[&(index, path.to_owned())];
+                let got = (file.opens, file.reads, file.writes, file.bytes_read, file.bytes_written);
+                assert!(
+                    got.0 <= did.0
+                        && got.1 <= did.1
+                        && got.2 <= did.2
+                        && got.3 <= did.3
+                        && got.4 <= did.4,
+                    "{path}: tallied {got:?}, done {did:?}"
+                );
+                lost |= got != did;
+            }
+            if lost {
+                assert!(
+                    stat(instance, Stat::AllocationFailures) > 0,
+                    "{}: tallies lost but no allocation failure counted",
+                    instance.volume
+                );
+            }
+        }
+        drop(client);
         machine.unload_clean();
     }
 }

@@ -13,7 +13,11 @@
 use std::path::{Path, PathBuf};
 
 use fltsim::image::ImageOptions;
-use fltsim::{FileSystem, Sim, Volume, VolumeSpec};
+use fltsim::registry::{self, Value};
+use fltsim::{Caller, FileSystem, Sim, Volume, VolumeSpec};
+use iotally_protocol::Stat;
+use iotallyctl::client::{Client, Instance};
+use iotallyctl::sim::SimPort;
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_SUCCESS};
 
 /// Which build of iotally a test runs against.
@@ -190,6 +194,9 @@ pub struct Machine {
     pub sim: Sim,
 }
 
+/// The registry key iotally reads its settings from under fltsim.
+pub const PARAMETERS: &str = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\iotally\Parameters";
+
 /// iotally's INF template, as the package ships it (less the stamped `DriverVer`).
 const INX: &str = include_str!("../../inf/iotally.inx");
 
@@ -202,8 +209,16 @@ pub fn install() {
 impl Machine {
     /// A new machine with iotally installed and `driver` loaded (asserting that it loaded).
     pub fn new(driver: Driver) -> Self {
+        Self::with_max_entries(driver, None)
+    }
+
+    /// The same, with the `MaxEntriesPerInstance` setting (when `Some`).
+    pub fn with_max_entries(driver: Driver, max: Option<u32>) -> Self {
         let sim = Sim::new();
         install();
+        if let Some(max) = max {
+            registry::set_value(PARAMETERS, "MaxEntriesPerInstance", Value::Dword(max));
+        }
         assert_eq!(driver.load(&sim), STATUS_SUCCESS, "DriverEntry failed");
         Self { sim }
     }
@@ -212,6 +227,14 @@ impl Machine {
     pub fn volume(&self, n: u32, fs: FileSystem) -> Volume {
         self.sim
             .add_volume(VolumeSpec::new(&format!(r"\Device\HarddiskVolume{n}"), fs))
+    }
+
+    /// A client of the driver's port, as `iotallyctl` connects (an administrator).
+    pub fn client(&self) -> Client<SimPort<'_>> {
+        Client::new(
+            SimPort::connect(&self.sim, Caller::Administrator, &[])
+                .unwrap_or_else(|e| panic!("cannot connect to the driver's port: {e}")),
+        )
     }
 
     /// Unloads (an optional unload, as `fltmc unload` does) and asserts that the verifier report is
@@ -235,4 +258,14 @@ pub fn panic_location(report: &str) -> Option<(String, usize, usize)> {
     let column = parts.next()?.parse().ok()?;
     let line = parts.next()?.parse().ok()?;
     Some((parts.next()?.to_owned(), line, column))
+}
+
+/// The value of `stat` in an instance the port reported.
+pub fn stat(instance: &Instance, stat: Stat) -> u64 {
+    instance
+        .stats
+        .iter()
+        .find(|s| s.name == stat.name())
+        .unwrap_or_else(|| panic!("the driver reports no {}", stat.name()))
+        .value
 }

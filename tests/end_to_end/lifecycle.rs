@@ -4,10 +4,7 @@ use fltsim::registry::{self, Value};
 use fltsim::{FileSystem, OpenOptions, VolumeSpec};
 use windows_sys::Win32::Foundation::{STATUS_FLT_INSTANCE_NOT_FOUND, STATUS_SUCCESS};
 
-use crate::harness::{Machine, for_each_driver};
-
-/// The registry key iotally reads its settings from under fltsim.
-const PARAMETERS: &str = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\iotally\Parameters";
+use crate::harness::{Machine, PARAMETERS, for_each_driver};
 
 /// Whether the driver logged exactly `line`.
 fn logged(line: &str) -> bool {

@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod irql;
 mod lifecycle;
+mod port;
 mod workload;

@@ -96,6 +96,13 @@ pub fn run(
     total
 }
 
+/// The device names of [`volumes`], in order.
+pub const DEVICES: [&str; 3] = [
+    r"\Device\HarddiskVolume2",
+    r"\Device\HarddiskVolume3",
+    r"\Device\HarddiskVolume4",
+];
+
 /// The three volumes the workload runs on.
 pub fn volumes(machine: &Machine) -> [Volume; 3] {
     [

@@ -115,6 +115,18 @@ shims! {
         = crate::kernel::KeQuerySystemTimePrecise, windows_sys::Wdk::System::SystemServices::KeQuerySystemTimePrecise;
     NTOSKRNL PsGetCurrentThreadId() -> HANDLE
         = crate::thread::PsGetCurrentThreadId, windows_sys::Wdk::System::SystemServices::PsGetCurrentThreadId;
+    NTOSKRNL MmCopyMemory(
+        targetaddress: *const c_void,
+        sourceaddress: MM_COPY_ADDRESS,
+        numberofbytes: usize,
+        flags: u32,
+        numberofbytestransferred: *mut usize,
+    ) -> NTSTATUS
+        = crate::usermem::MmCopyMemory, windows_sys::Wdk::System::SystemServices::MmCopyMemory;
+    NTOSKRNL MmSecureVirtualMemory(address: *const c_void, size: usize, probemode: u32) -> HANDLE
+        = crate::usermem::MmSecureVirtualMemory, windows_sys::Wdk::System::SystemServices::MmSecureVirtualMemory;
+    NTOSKRNL MmUnsecureVirtualMemory(securehandle: HANDLE)
+        = crate::usermem::MmUnsecureVirtualMemory, windows_sys::Wdk::System::SystemServices::MmUnsecureVirtualMemory;
     // windows-sys files vDbgPrintEx under ntdll.dll; drivers import it from ntoskrnl.exe.
     NTOSKRNL vDbgPrintEx(componentid: u32, level: u32, format: PCSTR, arglist: *const i8) -> u32
         = crate::kernel::vDbgPrintEx, windows_sys::Wdk::System::SystemServices::vDbgPrintEx;
@@ -131,23 +143,13 @@ shims! {
         = crate::registry::ZwQueryValueKey, windows_sys::Wdk::System::Registry::ZwQueryValueKey;
     NTOSKRNL ZwClose(handle: HANDLE) -> NTSTATUS
         = crate::registry::ZwClose, windows_sys::Wdk::System::SystemServices::ZwClose;
-    NTOSKRNL MmCopyMemory(
-        targetaddress: *const c_void,
-        sourceaddress: MM_COPY_ADDRESS,
-        numberofbytes: usize,
-        flags: u32,
-        numberofbytestransferred: *mut usize,
-    ) -> NTSTATUS
-        = crate::usermem::MmCopyMemory, windows_sys::Wdk::System::SystemServices::MmCopyMemory;
-    NTOSKRNL MmSecureVirtualMemory(address: *const c_void, size: usize, probemode: u32) -> HANDLE
-        = crate::usermem::MmSecureVirtualMemory, windows_sys::Wdk::System::SystemServices::MmSecureVirtualMemory;
-    NTOSKRNL MmUnsecureVirtualMemory(securehandle: HANDLE)
-        = crate::usermem::MmUnsecureVirtualMemory, windows_sys::Wdk::System::SystemServices::MmUnsecureVirtualMemory;
 
     FLTMGR FltRegisterFilter(driver: *const DRIVER_OBJECT, registration: *const FLT_REGISTRATION, retfilter: *mut PFLT_FILTER) -> NTSTATUS
         = crate::filter::FltRegisterFilter, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltRegisterFilter;
     FLTMGR FltStartFiltering(filter: PFLT_FILTER) -> NTSTATUS
         = crate::filter::FltStartFiltering, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltStartFiltering;
+    FLTMGR FltUnregisterFilter(filter: PFLT_FILTER)
+        = crate::filter::FltUnregisterFilter, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltUnregisterFilter;
     FLTMGR FltEnumerateInstances(
         volume: PFLT_VOLUME,
         filter: PFLT_FILTER,
@@ -156,14 +158,12 @@ shims! {
         numberinstancesreturned: *mut u32,
     ) -> NTSTATUS
         = crate::objects::FltEnumerateInstances, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltEnumerateInstances;
+    FLTMGR FltGetFileSystemType(fltobject: *const c_void, filesystemtype: *mut FLT_FILESYSTEM_TYPE) -> NTSTATUS
+        = crate::objects::FltGetFileSystemType, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltGetFileSystemType;
     FLTMGR FltObjectReference(fltobject: *mut c_void) -> NTSTATUS
         = crate::objects::FltObjectReference, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltObjectReference;
     FLTMGR FltObjectDereference(fltobject: *mut c_void)
         = crate::objects::FltObjectDereference, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltObjectDereference;
-    FLTMGR FltGetFileSystemType(fltobject: *const c_void, filesystemtype: *mut FLT_FILESYSTEM_TYPE) -> NTSTATUS
-        = crate::objects::FltGetFileSystemType, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltGetFileSystemType;
-    FLTMGR FltUnregisterFilter(filter: PFLT_FILTER)
-        = crate::filter::FltUnregisterFilter, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltUnregisterFilter;
     FLTMGR FltGetVolumeName(volume: PFLT_VOLUME, volumename: *mut UNICODE_STRING, buffersizeneeded: *mut u32) -> NTSTATUS
         = crate::volume::FltGetVolumeName, windows_sys::Wdk::Storage::FileSystem::Minifilters::FltGetVolumeName;
     FLTMGR FltGetVolumeProperties(

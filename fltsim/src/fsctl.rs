@@ -240,6 +240,7 @@ impl FileHandle<'_> {
             major: u8::try_from(IRP_MJ_FILE_SYSTEM_CONTROL).unwrap_or(u8::MAX),
             minor: u8::try_from(IRP_MN_USER_FS_REQUEST).unwrap_or(u8::MAX),
             irp_flags: 0,
+            stack_flags: 0,
             fast_io: false,
             file_object,
             volume,
@@ -257,6 +258,7 @@ impl FileHandle<'_> {
         IoResult {
             status,
             information,
+            reissued: false,
         }
     }
 

@@ -44,6 +44,9 @@ pub(crate) struct Operation {
     pub minor: u8,
     /// `IRP_PAGING_IO`, `IRP_NOCACHE`, ...
     pub irp_flags: u32,
+    /// The I/O stack location's `Flags`, which filters see as
+    /// `FLT_IO_PARAMETER_BLOCK.OperationFlags` (e.g. `SL_OPEN_TARGET_DIRECTORY`).
+    pub stack_flags: u8,
     /// A fast I/O operation rather than an IRP.
     pub fast_io: bool,
     /// The target file object.
@@ -162,7 +165,7 @@ pub(crate) fn perform(
             IrpFlags: op.irp_flags,
             MajorFunction: op.major,
             MinorFunction: op.minor,
-            OperationFlags: 0,
+            OperationFlags: op.stack_flags,
             Reserved: 0,
             TargetFileObject: op.file_object,
             TargetInstance: filtering.instance,

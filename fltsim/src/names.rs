@@ -10,8 +10,8 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
 };
 use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_PAGING_IO};
 use windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_FLT_INVALID_NAME_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
-    STATUS_SUCCESS, UNICODE_STRING,
+    NTSTATUS, STATUS_FLT_INVALID_NAME_REQUEST, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_SUCCESS, UNICODE_STRING,
 };
 
 use crate::filter::unicode;
@@ -96,6 +96,11 @@ impl NameStorage {
     }
 }
 
+/// The pool tag the fault plan ([`crate::pool::set_fault_injection`]) sees for the name information
+/// `FltGetFileNameInformation` allocates when it queries the file system (Filter Manager's paged
+/// allocation; fltsim does not charge it to the driver's pool).
+pub const FILE_NAME_TAG: u32 = u32::from_le_bytes(*b"FMfn");
+
 /// Name format flags (`FLT_FILE_NAME_*` formats) mask.
 const FORMAT_MASK: u32 = 0xFF;
 /// Query method flags mask.
@@ -107,7 +112,10 @@ const QUERY_MASK: u32 = 0xFF00;
 /// `STATUS_FLT_INVALID_NAME_REQUEST` for paging I/O, in post-close, and in a post-create whose
 /// create failed; `STATUS_INVALID_PARAMETER` without exactly one format and one query method;
 /// `FLT_FILE_NAME_SHORT` is not modeled (`STATUS_NOT_SUPPORTED`). No name cache is simulated:
-/// every query method queries the file system.
+/// every query method queries the file system, which allocates the name information; the fault
+/// plan can fail that (`STATUS_INSUFFICIENT_RESOURCES`, tag [`FILE_NAME_TAG`]). A normalized name is
+/// the path of the name (hard link) the file was opened by, as it is now, with the stream's name for
+/// a named stream (`\dir\file.txt:stream`, "`FLT_FILE_NAME_INFORMATION` structure (fltkernel.h)").
 ///
 /// # Safety
 /// `filenameinformation` must be valid for a write.
@@ -135,6 +143,12 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
         ));
         return STATUS_INVALID_PARAMETER;
     };
+    world::with(|w| {
+        let volume = w.file_objects.get(&state.file_object).map(|f| f.volume);
+        if let Some(v) = volume.and_then(|volume| w.volume(volume)) {
+            v.counters.name_queries += 1;
+        }
+    });
     let format = nameoptions & FORMAT_MASK;
     let method = nameoptions & QUERY_MASK;
     if !(FLT_FILE_NAME_NORMALIZED..=FLT_FILE_NAME_SHORT).contains(&format) || method == 0 {
@@ -150,11 +164,9 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     }
     let names = world::with(|w| {
         let fo = w.file_objects.get(&state.file_object)?;
-        let (volume, node, opened_path) = (fo.volume, fo.node, fo.path.clone());
+        let (volume, opened_path) = (fo.volume, fo.path.clone());
+        let stored = crate::file::current_path(w, state.file_object);
         let v = w.volume(volume)?;
-        let stored = node
-            .and_then(|key| v.files.node(key))
-            .map(|f| f.path.clone());
         Some((v.spec.name.clone(), opened_path, stored))
     });
     let Some((volume_name, opened_path, stored)) = names else {
@@ -165,6 +177,9 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     } else {
         opened_path
     };
+    if crate::pool::inject_failure(FILE_NAME_TAG) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
     let storage = NameStorage::new(&volume_name, &path, format);
     let address = storage.address();
     world::with(|w| {

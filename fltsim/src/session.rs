@@ -14,7 +14,7 @@ use crate::abi::{DriverEntry, DriverEntryFn};
 use crate::filter::DriverImage;
 use crate::image::{ImageError, ImageOptions, LoadedImage};
 use crate::verifier::{self, Report, tag_text};
-use crate::volume::{FastIo, Volume, VolumeSpec};
+use crate::volume::{Counters, FastIo, Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
 
 /// Serializes simulations: the simulated kernel and a loaded driver's globals are process-wide.
@@ -210,6 +210,7 @@ impl Sim {
                 locks: std::collections::HashMap::new(),
                 fast_io: crate::volume::FastIo::Possible,
                 fast_io_rng: 0,
+                counters: crate::volume::Counters::default(),
             });
         });
         crate::instance::setup(
@@ -316,6 +317,27 @@ impl Sim {
             if let Some(v) = w.volume(volume.0) {
                 v.fast_io = fast_io;
                 v.fast_io_rng = 0;
+            }
+        });
+    }
+
+    /// What happened on `volume` since it was mounted or [`Sim::reset_counters`]: the file-system
+    /// queries filters made (`FltQueryInformationFile`, `FltGetFileNameInformation`) and how fast
+    /// I/O fared ([`Counters`]), so a test can assert what an operation cost.
+    ///
+    /// # Panics
+    /// If the volume is unknown.
+    #[must_use]
+    pub fn counters(&self, volume: Volume) -> Counters {
+        world::with(|w| w.volume(volume.0).map(|v| v.counters))
+            .expect("fltsim: Sim::counters: unknown volume")
+    }
+
+    /// Zeroes `volume`'s [`Counters`].
+    pub fn reset_counters(&self, volume: Volume) {
+        world::with(|w| {
+            if let Some(v) = w.volume(volume.0) {
+                v.counters = Counters::default();
             }
         });
     }

@@ -1,6 +1,7 @@
 //! Data transfers a test issues on a [`FileHandle`], and the simulated file systems' side of them:
 //! cached, non-cached and paging IRPs, fast I/O (refused and reissued as an IRP as the I/O manager
-//! does), fast-I/O and IRP-based MDL transfers, and byte-range locks.
+//! does), fast-I/O and IRP-based MDL transfers, and byte-range locks. Reads return the stream's
+//! data and writes change it (`crate::data`), whatever the path.
 //!
 //! The rules the file systems follow, from Microsoft's documentation:
 //! - Fast I/O is for cached files ("IRPs Are Different From Fast I/O"; "`FsRtlCopyRead` function
@@ -21,7 +22,15 @@
 //!   `IRP_MJ_MDL_READ` / `IRP_MJ_PREPARE_MDL_WRITE`, and their release as `IRP_MJ_MDL_READ_COMPLETE`
 //!   / `IRP_MJ_MDL_WRITE_COMPLETE` ("`FLT_PARAMETERS` union (fltkernel.h)"). When the fast routine
 //!   refuses, the caller sends `IRP_MJ_READ` / `IRP_MJ_WRITE` with `IRP_MN_MDL`, and releases the MDL
-//!   with `IRP_MN_COMPLETE_MDL` ("`IRP_MJ_READ` (IFS)"). fltsim builds no MDL: the pointers are NULL.
+//!   with `IRP_MN_COMPLETE_MDL` ("`IRP_MJ_READ` (IFS)"). fltsim builds no MDL: the pointers are NULL,
+//!   and the data goes straight between the caller's buffer and the stream.
+//! - A buffered read or write uses the buffer and length the parameters hold when the operation
+//!   reaches the file system (a filter may swap the buffer). A read at or past end of file fails
+//!   with `STATUS_END_OF_FILE`; one that crosses it transfers the bytes before it. A write extends
+//!   the file, except a paging write, which drops the part past end of file.
+//! - Non-cached (not paging) reads and writes must start and end on a sector boundary (512 bytes),
+//!   else they fail with `STATUS_INVALID_PARAMETER` (MS-FSA 2.1.5.3 "Server Requests a Read",
+//!   2.1.5.4 "Server Requests a Write").
 
 use std::cell::Cell;
 
@@ -40,7 +49,7 @@ use windows_sys::Win32::Foundation::{
     STATUS_VOLUME_DISMOUNTED,
 };
 
-use crate::file::{FileHandle, IoResult, major};
+use crate::file::{FileHandle, IoResult, major, stream_index};
 use crate::io::{Operation, Outcome, perform};
 use crate::volume::FastIo;
 use crate::world::{self, ByteRangeLock, Volume};
@@ -54,6 +63,26 @@ static PRIVATE_CACHE_MAP: u64 = 0;
 enum Direction {
     Read,
     Write,
+}
+
+/// How a read or write reaches the file system ([`FileHandle::read_into`],
+/// [`FileHandle::write_from`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transfer {
+    /// A cached IRP (`IRP_MJ_READ` / `IRP_MJ_WRITE`).
+    Cached,
+    /// A non-cached IRP (`IRP_NOCACHE`): sector-aligned offset and length.
+    NonCached,
+    /// A paging IRP (`IRP_PAGING_IO | IRP_NOCACHE`, as the memory manager sends): pre-op at
+    /// `APC_LEVEL`; a paging write never extends the file.
+    Paging,
+    /// Fast I/O (`FastIoRead` / `FastIoWrite`), reissued as a cached IRP when a filter disallows it
+    /// or the file system refuses it.
+    Fast,
+    /// An MDL transfer as the SMB server and the cache manager issue it: `IRP_MJ_MDL_READ` /
+    /// `IRP_MJ_PREPARE_MDL_WRITE` (fast I/O) then its completion, or, when the fast routine is
+    /// disallowed or refused, an IRP with `IRP_MN_MDL` then `IRP_MN_COMPLETE_MDL`.
+    Mdl,
 }
 
 /// How a transfer reaches the file system.
@@ -79,38 +108,47 @@ impl Path {
     }
 }
 
+/// Sector size of the simulated disks (`FLT_VOLUME_PROPERTIES.SectorSize`).
+const SECTOR: u64 = 512;
+
+/// The length of a caller's buffer as a transfer's `Length`.
+fn length_of(buffer: &[u8]) -> u32 {
+    u32::try_from(buffer.len()).expect("fltsim: a transfer's buffer must be shorter than 4 GiB")
+}
+
 impl FileHandle<'_> {
-    /// Reads `length` bytes at `offset` (cached, IRP).
+    /// Reads `length` bytes at `offset` (cached, IRP); the data is dropped ([`FileHandle::read_into`]
+    /// keeps it).
     pub fn read(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Read, Path::Cached, length, offset)
+        self.read_discarding(Transfer::Cached, length, offset)
     }
 
     /// Writes `length` zero bytes at `offset` (cached, IRP); extends the file.
     pub fn write(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Write, Path::Cached, length, offset)
+        self.write_zeros(Transfer::Cached, length, offset)
     }
 
     /// Non-cached read (`IRP_NOCACHE`). On a handle with BypassIO enabled (and still allowed on the
     /// volume) it goes from the I/O manager straight to the file system, skipping every filter
     /// ("BypassIO for filter drivers"; [`FileHandle::bypass_io`]).
     pub fn read_noncached(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Read, Path::NonCached, length, offset)
+        self.read_discarding(Transfer::NonCached, length, offset)
     }
 
-    /// Non-cached write (`IRP_NOCACHE`); extends the file.
+    /// Non-cached write (`IRP_NOCACHE`) of zeros; extends the file.
     pub fn write_noncached(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Write, Path::NonCached, length, offset)
+        self.write_zeros(Transfer::NonCached, length, offset)
     }
 
     /// Paging read (`IRP_PAGING_IO | IRP_NOCACHE`, as the memory manager sends): pre-op at
     /// `APC_LEVEL`, `RequestorMode` `KernelMode`.
     pub fn read_paging(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Read, Path::Paging, length, offset)
+        self.read_discarding(Transfer::Paging, length, offset)
     }
 
-    /// Paging write: does not extend the file.
+    /// Paging write of zeros: does not extend the file.
     pub fn write_paging(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Write, Path::Paging, length, offset)
+        self.write_zeros(Transfer::Paging, length, offset)
     }
 
     /// Fast I/O read (`FLTFL_CALLBACK_DATA_FAST_IO_OPERATION`). If the filter returns
@@ -118,25 +156,22 @@ impl FileHandle<'_> {
     /// conflicting byte-range lock, [`crate::Sim::set_fast_io`]), the I/O manager reissues it as a
     /// cached IRP.
     pub fn fast_read(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Read, Path::Fast, length, offset)
+        self.read_discarding(Transfer::Fast, length, offset)
     }
 
-    /// Fast I/O write, reissued as an IRP when disallowed or refused.
+    /// Fast I/O write of zeros, reissued as an IRP when disallowed or refused.
     pub fn fast_write(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(Direction::Write, Path::Fast, length, offset)
+        self.write_zeros(Transfer::Fast, length, offset)
     }
 
-    /// An MDL read, as the SMB server and the cache manager issue it: `IRP_MJ_MDL_READ` (fast I/O)
-    /// then `IRP_MJ_MDL_READ_COMPLETE`; if the fast routine is disallowed or refused, `IRP_MJ_READ`
-    /// with `IRP_MN_MDL` then `IRP_MN_COMPLETE_MDL`. Returns the transfer's result.
+    /// An MDL read ([`Transfer::Mdl`]). Returns the transfer's result.
     pub fn mdl_read(&mut self, length: u32, offset: u64) -> IoResult {
-        self.mdl(Direction::Read, length, offset)
+        self.read_discarding(Transfer::Mdl, length, offset)
     }
 
-    /// An MDL write of `length` zero bytes: `IRP_MJ_PREPARE_MDL_WRITE` then
-    /// `IRP_MJ_MDL_WRITE_COMPLETE`, or `IRP_MJ_WRITE` with `IRP_MN_MDL` then `IRP_MN_COMPLETE_MDL`.
+    /// An MDL write of `length` zero bytes ([`Transfer::Mdl`]).
     pub fn mdl_write(&mut self, length: u32, offset: u64) -> IoResult {
-        self.mdl(Direction::Write, length, offset)
+        self.write_zeros(Transfer::Mdl, length, offset)
     }
 
     /// Locks `length` bytes at `offset` (`IRP_MJ_LOCK_CONTROL`, `IRP_MN_LOCK`, fail immediately):
@@ -151,28 +186,68 @@ impl FileHandle<'_> {
         self.lock_control(IRP_MN_UNLOCK_SINGLE, offset, length, false)
     }
 
-    fn transfer(&mut self, direction: Direction, path: Path, length: u32, offset: u64) -> IoResult {
+    /// Reads `buffer.len()` bytes at `offset` the way `how` says, into `buffer`; the first
+    /// `information` bytes of the result are the stream's data.
+    ///
+    /// # Panics
+    /// If `buffer` is 4 GiB or longer.
+    pub fn read_into(&mut self, how: Transfer, offset: u64, buffer: &mut [u8]) -> IoResult {
+        self.issue(Direction::Read, how, offset, buffer)
+    }
+
+    /// Writes `data` at `offset` the way `how` says.
+    ///
+    /// # Panics
+    /// If `data` is 4 GiB or longer.
+    pub fn write_from(&mut self, how: Transfer, offset: u64, data: &[u8]) -> IoResult {
+        let mut buffer = data.to_vec();
+        self.issue(Direction::Write, how, offset, &mut buffer)
+    }
+
+    fn read_discarding(&mut self, how: Transfer, length: u32, offset: u64) -> IoResult {
+        let mut buffer = vec![0; usize::try_from(length).unwrap_or(0)];
+        self.issue(Direction::Read, how, offset, &mut buffer)
+    }
+
+    fn write_zeros(&mut self, how: Transfer, length: u32, offset: u64) -> IoResult {
+        let mut buffer = vec![0; usize::try_from(length).unwrap_or(0)];
+        self.issue(Direction::Write, how, offset, &mut buffer)
+    }
+
+    fn issue(
+        &mut self,
+        direction: Direction,
+        how: Transfer,
+        offset: u64,
+        buffer: &mut [u8],
+    ) -> IoResult {
         let _exit = crate::session::checked();
-        let outcome = self.send(direction, path, length, offset, 0);
-        match outcome {
+        let path = match how {
+            Transfer::Cached => Path::Cached,
+            Transfer::NonCached => Path::NonCached,
+            Transfer::Paging => Path::Paging,
+            Transfer::Fast => Path::Fast,
+            Transfer::Mdl => return self.mdl(direction, offset, buffer),
+        };
+        match self.send(direction, path, buffer, offset, 0) {
             Outcome::Done(status, information) => IoResult {
                 status,
                 information,
+                reissued: false,
             },
-            Outcome::FastIoDisallowed => {
-                let reissued = self.send(direction, Path::Cached, length, offset, 0);
-                result(reissued)
-            }
+            Outcome::FastIoDisallowed => IoResult {
+                reissued: true,
+                ..result(self.send(direction, Path::Cached, buffer, offset, 0))
+            },
         }
     }
 
-    fn mdl(&mut self, direction: Direction, length: u32, offset: u64) -> IoResult {
-        let _exit = crate::session::checked();
+    fn mdl(&mut self, direction: Direction, offset: u64, buffer: &mut [u8]) -> IoResult {
         let major_complete = match direction {
             Direction::Read => IRP_MJ_MDL_READ_COMPLETE,
             Direction::Write => IRP_MJ_MDL_WRITE_COMPLETE,
         };
-        match self.send(direction, Path::FastMdl, length, offset, 0) {
+        match self.send(direction, Path::FastMdl, buffer, offset, 0) {
             Outcome::Done(status, information) => {
                 if status >= 0 {
                     self.mdl_complete_fast(major_complete, offset);
@@ -180,16 +255,20 @@ impl FileHandle<'_> {
                 IoResult {
                     status,
                     information,
+                    reissued: false,
                 }
             }
             Outcome::FastIoDisallowed => {
                 let minor = u8::try_from(IRP_MN_MDL).unwrap_or(0);
-                let transfer = result(self.send(direction, Path::IrpMdl, length, offset, minor));
+                let transfer = result(self.send(direction, Path::IrpMdl, buffer, offset, minor));
                 if transfer.status >= 0 {
                     let complete = u8::try_from(IRP_MN_MDL | IRP_MN_COMPLETE).unwrap_or(0);
-                    self.send(direction, Path::IrpMdl, length, offset, complete);
+                    self.send(direction, Path::IrpMdl, &mut [], offset, complete);
                 }
-                transfer
+                IoResult {
+                    reissued: true,
+                    ..transfer
+                }
             }
         }
     }
@@ -204,6 +283,7 @@ impl FileHandle<'_> {
             major: pseudo_major(code),
             minor: 0,
             irp_flags: 0,
+            stack_flags: 0,
             fast_io: true,
             file_object: self.raw_file_object(),
             volume: self.volume_handle(),
@@ -213,58 +293,24 @@ impl FileHandle<'_> {
         perform(&op, &mut |_| (STATUS_SUCCESS, 0));
     }
 
-    /// Sends one transfer down the stack; a refusal by the file system comes back as
-    /// [`Outcome::FastIoDisallowed`], as a filter's disallowing does.
+    /// Sends one transfer of `buffer` down the stack; a refusal by the file system comes back as
+    /// [`Outcome::FastIoDisallowed`], as a filter's disallowing does. Counts how fast I/O fared.
     fn send(
         &mut self,
         direction: Direction,
         path: Path,
-        length: u32,
+        buffer: &mut [u8],
         offset: u64,
         minor: u8,
     ) -> Outcome {
-        let mut buffer = vec![0_u8; usize::try_from(length).unwrap_or(0)];
-        let offset_value = i64::try_from(offset).unwrap_or(i64::MAX);
-        let mut parameters = FLT_PARAMETERS::default();
-        let buffered = !matches!(path, Path::FastMdl | Path::IrpMdl);
-        let data = if buffered {
-            buffer.as_mut_ptr().cast()
-        } else {
-            std::ptr::null_mut()
-        };
-        let code = match (direction, path) {
-            (Direction::Read, Path::FastMdl) => {
-                parameters.MdlRead.FileOffset = offset_value;
-                parameters.MdlRead.Length = length;
-                IRP_MJ_MDL_READ
-            }
-            (Direction::Write, Path::FastMdl) => {
-                parameters.PrepareMdlWrite.FileOffset = offset_value;
-                parameters.PrepareMdlWrite.Length = length;
-                IRP_MJ_PREPARE_MDL_WRITE
-            }
-            (Direction::Read, _) => {
-                parameters.Read.Length = length;
-                parameters.Read.ByteOffset = offset_value;
-                parameters.Read.ReadBuffer = data;
-                u16::try_from(IRP_MJ_READ).unwrap_or(0)
-            }
-            (Direction::Write, _) => {
-                parameters.Write.Length = length;
-                parameters.Write.ByteOffset = offset_value;
-                parameters.Write.WriteBuffer = data;
-                u16::try_from(IRP_MJ_WRITE).unwrap_or(0)
-            }
-        };
-        let irp_flags = match path {
-            Path::NonCached => IRP_NOCACHE,
-            Path::Paging => IRP_PAGING_IO | IRP_NOCACHE,
-            Path::Cached | Path::Fast | Path::FastMdl | Path::IrpMdl => 0,
-        };
+        let length = length_of(buffer);
+        let ours = buffer.as_mut_ptr();
+        let (code, parameters, irp_flags) = parameters_for(direction, path, length, offset, ours);
         let op = Operation {
             major: pseudo_major(code),
             minor,
             irp_flags,
+            stack_flags: 0,
             fast_io: path.fast(),
             file_object: self.raw_file_object(),
             volume: self.volume_handle(),
@@ -273,14 +319,30 @@ impl FileHandle<'_> {
         let file_object = op.file_object as usize;
         let volume = self.volume_handle();
         let refused = Cell::new(false);
+        let reached = Cell::new(false);
         let completion = u32::from(minor) & IRP_MN_COMPLETE != 0;
+        let ours_length = buffer.len();
         let mut file_system = |p: &FLT_PARAMETERS| {
+            reached.set(true);
             if completion {
                 return (STATUS_SUCCESS, 0);
             }
-            let (length, offset) = lengths(direction, path, p);
-            let (status, information) =
-                transfer_in_file_system(volume, file_object, direction, path, length, offset);
+            let (length, offset, theirs) = lengths(direction, path, p);
+            // The buffer the parameters name (a filter may have swapped it), or for an MDL
+            // transfer the caller's own; the caller's is never overrun.
+            let (target, length) = if theirs.is_null() || theirs == ours {
+                (ours, length.min(ours_length as u64))
+            } else {
+                (theirs, length)
+            };
+            let request = Request {
+                direction,
+                path,
+                length,
+                offset,
+                buffer: target,
+            };
+            let (status, information) = transfer_in_file_system(volume, file_object, request);
             if status == STATUS_FLT_DISALLOW_FAST_IO {
                 refused.set(true);
             }
@@ -298,7 +360,9 @@ impl FileHandle<'_> {
         } else {
             perform(&op, &mut file_system)
         };
-        drop(buffer);
+        if path.fast() {
+            count_fast_io(volume, refused.get(), outcome, reached.get());
+        }
         if refused.get() {
             Outcome::FastIoDisallowed
         } else {
@@ -318,6 +382,7 @@ impl FileHandle<'_> {
             major: major(IRP_MJ_LOCK_CONTROL),
             minor: u8::try_from(minor).unwrap_or(0),
             irp_flags: 0,
+            stack_flags: 0,
             fast_io: false,
             file_object: self.raw_file_object(),
             volume: self.volume_handle(),
@@ -337,6 +402,70 @@ impl FileHandle<'_> {
     }
 }
 
+/// The major function, parameters and IRP flags of a transfer of `length` bytes at `offset` from
+/// or into `buffer` (not named in the parameters of the fast-I/O MDL operations).
+fn parameters_for(
+    direction: Direction,
+    path: Path,
+    length: u32,
+    offset: u64,
+    buffer: *mut u8,
+) -> (u16, FLT_PARAMETERS, u32) {
+    let offset_value = i64::try_from(offset).unwrap_or(i64::MAX);
+    let mut parameters = FLT_PARAMETERS::default();
+    let buffered = !matches!(path, Path::FastMdl | Path::IrpMdl);
+    let data = if buffered {
+        buffer.cast()
+    } else {
+        std::ptr::null_mut()
+    };
+    let code = match (direction, path) {
+        (Direction::Read, Path::FastMdl) => {
+            parameters.MdlRead.FileOffset = offset_value;
+            parameters.MdlRead.Length = length;
+            IRP_MJ_MDL_READ
+        }
+        (Direction::Write, Path::FastMdl) => {
+            parameters.PrepareMdlWrite.FileOffset = offset_value;
+            parameters.PrepareMdlWrite.Length = length;
+            IRP_MJ_PREPARE_MDL_WRITE
+        }
+        (Direction::Read, _) => {
+            parameters.Read.Length = length;
+            parameters.Read.ByteOffset = offset_value;
+            parameters.Read.ReadBuffer = data;
+            u16::try_from(IRP_MJ_READ).unwrap_or(0)
+        }
+        (Direction::Write, _) => {
+            parameters.Write.Length = length;
+            parameters.Write.ByteOffset = offset_value;
+            parameters.Write.WriteBuffer = data;
+            u16::try_from(IRP_MJ_WRITE).unwrap_or(0)
+        }
+    };
+    let irp_flags = match path {
+        Path::NonCached => IRP_NOCACHE,
+        Path::Paging => IRP_PAGING_IO | IRP_NOCACHE,
+        Path::Cached | Path::Fast | Path::FastMdl | Path::IrpMdl => 0,
+    };
+    (code, parameters, irp_flags)
+}
+
+/// Counts how one fast I/O operation fared in its volume's [`crate::Counters`].
+fn count_fast_io(volume: isize, refused: bool, outcome: Outcome, reached: bool) {
+    world::with(|w| {
+        if let Some(v) = w.volume(volume) {
+            if refused {
+                v.counters.fast_io_refused += 1;
+            } else if outcome == Outcome::FastIoDisallowed {
+                v.counters.fast_io_disallowed += 1;
+            } else if reached {
+                v.counters.fast_io += 1;
+            }
+        }
+    });
+}
+
 /// The major function code of a Filter Manager pseudo-operation, as `FLT_IO_PARAMETER_BLOCK`
 /// holds it (`IRP_MJ_MDL_READ` is `(UCHAR)-15`).
 fn pseudo_major(code: u16) -> u8 {
@@ -348,29 +477,41 @@ fn result(outcome: Outcome) -> IoResult {
         Outcome::Done(status, information) => IoResult {
             status,
             information,
+            reissued: false,
         },
         // An IRP cannot be refused as fast I/O; fltsim reported the filter's misuse already.
         Outcome::FastIoDisallowed => IoResult {
             status: STATUS_INVALID_DEVICE_REQUEST,
             information: 0,
+            reissued: false,
         },
     }
 }
 
-/// The length and offset of a transfer, as the filter left the parameters.
-fn lengths(direction: Direction, path: Path, p: &FLT_PARAMETERS) -> (u64, u64) {
-    // SAFETY: the operation set the member for its major function; these are plain integers.
-    let (length, offset) = unsafe {
+/// The length, offset and buffer of a transfer, as the filter left the parameters (the buffer is
+/// NULL for the fast-I/O MDL operations).
+fn lengths(direction: Direction, path: Path, p: &FLT_PARAMETERS) -> (u64, u64, *mut u8) {
+    // SAFETY: the operation set the member for its major function; these are plain integers and
+    // pointers, read, not dereferenced.
+    let (length, offset, buffer) = unsafe {
         match (direction, path) {
-            (Direction::Read, Path::FastMdl) => (p.MdlRead.Length, p.MdlRead.FileOffset),
-            (Direction::Write, Path::FastMdl) => {
-                (p.PrepareMdlWrite.Length, p.PrepareMdlWrite.FileOffset)
+            (Direction::Read, Path::FastMdl) => {
+                (p.MdlRead.Length, p.MdlRead.FileOffset, std::ptr::null_mut())
             }
-            (Direction::Read, _) => (p.Read.Length, p.Read.ByteOffset),
-            (Direction::Write, _) => (p.Write.Length, p.Write.ByteOffset),
+            (Direction::Write, Path::FastMdl) => (
+                p.PrepareMdlWrite.Length,
+                p.PrepareMdlWrite.FileOffset,
+                std::ptr::null_mut(),
+            ),
+            (Direction::Read, _) => (p.Read.Length, p.Read.ByteOffset, p.Read.ReadBuffer),
+            (Direction::Write, _) => (p.Write.Length, p.Write.ByteOffset, p.Write.WriteBuffer),
         }
     };
-    (u64::from(length), u64::try_from(offset).unwrap_or(0))
+    (
+        u64::from(length),
+        u64::try_from(offset).unwrap_or(0),
+        buffer.cast(),
+    )
 }
 
 /// Whether the seeded policy refuses this fast I/O (xorshift64, advanced once per fast I/O).
@@ -409,16 +550,30 @@ fn lock_allows(
     })
 }
 
-/// The file system's read or write.
-fn transfer_in_file_system(
-    volume: isize,
-    file_object: usize,
+/// A read or write as it reaches the file system.
+#[derive(Clone, Copy)]
+struct Request {
     direction: Direction,
     path: Path,
     length: u64,
     offset: u64,
+    /// Where the data comes from or goes: `length` bytes.
+    buffer: *mut u8,
+}
+
+/// The file system's read or write.
+fn transfer_in_file_system(
+    volume: isize,
+    file_object: usize,
+    request: Request,
 ) -> (NTSTATUS, usize) {
-    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let Request {
+        direction,
+        path,
+        length,
+        offset,
+        buffer,
+    } = request;
     world::with(|w| {
         let Some(state) = w.file_objects.get(&file_object) else {
             return (STATUS_INVALID_PARAMETER, 0);
@@ -446,6 +601,9 @@ fn transfer_in_file_system(
         if path.fast() && (!cached || !lock_ok || seeded_refusal(v)) {
             return (STATUS_FLT_DISALLOW_FAST_IO, 0);
         }
+        if path == Path::NonCached && (offset % SECTOR != 0 || length % SECTOR != 0) {
+            return (STATUS_INVALID_PARAMETER, 0);
+        }
         if path != Path::Paging && !lock_ok {
             // "FsRtlCheckLockForReadAccess" / "FsRtlCheckLockForWriteAccess" in the IRP path.
             return (STATUS_FILE_LOCK_CONFLICT, 0);
@@ -454,26 +612,34 @@ fn transfer_in_file_system(
         let Some(file) = v.files.node_mut(node) else {
             return (STATUS_INVALID_PARAMETER, 0);
         };
-        if file.directory {
+        let index = stream_index(stream);
+        if file.directory && index == 0 {
             return (STATUS_INVALID_DEVICE_REQUEST, 0);
         }
+        let Some(data) = file.data_of_mut(index) else {
+            return (STATUS_INVALID_PARAMETER, 0);
+        };
+        let bytes = if buffer.is_null() || length == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: `buffer` holds `length` bytes: the caller's own buffer (its length), or one a
+            // filter put in the parameters with the length it set there, valid for the operation.
+            unsafe { std::slice::from_raw_parts_mut(buffer, to_usize(length)) }
+        };
         let outcome = if direction == Direction::Read {
-            if offset >= file.size {
+            if offset >= data.size() {
                 (STATUS_END_OF_FILE, 0)
             } else {
-                (STATUS_SUCCESS, to_usize(length.min(file.size - offset)))
+                (STATUS_SUCCESS, data.read(offset, bytes))
             }
         } else if read_only {
             (STATUS_MEDIA_WRITE_PROTECTED, 0)
         } else if path == Path::Paging {
             // Paging writes never extend the file: the part past end of file is dropped.
-            (
-                STATUS_SUCCESS,
-                to_usize(file.size.saturating_sub(offset).min(length)),
-            )
+            (STATUS_SUCCESS, data.write_within(offset, bytes))
         } else {
-            file.size = file.size.max(offset + length);
-            (STATUS_SUCCESS, to_usize(length))
+            data.write(offset, bytes);
+            (STATUS_SUCCESS, bytes.len())
         };
         if matches!(path, Path::Cached | Path::IrpMdl)
             && !cached
@@ -487,6 +653,10 @@ fn transfer_in_file_system(
         }
         outcome
     })
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// The file system's `IRP_MJ_LOCK_CONTROL` ("`FsRtlProcessFileLock`").

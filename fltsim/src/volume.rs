@@ -82,6 +82,12 @@ impl FileSystem {
     pub(crate) fn has_file_id_information(self) -> bool {
         matches!(self, Self::Ntfs | Self::Refs)
     }
+
+    /// Whether files have named data streams (and `FileStreamInformation` lists them): NTFS and
+    /// `ReFS`; FAT and exFAT have none ("File Streams (Local File Systems)").
+    pub(crate) fn has_named_streams(self) -> bool {
+        matches!(self, Self::Ntfs | Self::Refs)
+    }
 }
 
 /// When a simulated file system refuses fast I/O (its fast I/O routine returns FALSE, and the I/O
@@ -117,6 +123,25 @@ pub enum FileIdAnswer {
     Zero,
     /// All-ones for every file: MS-FSCC's value for a file system that cannot establish an ID.
     AllOnes,
+}
+
+/// What happened on a volume that a test may want to count ([`crate::Sim::counters`]): the
+/// file-system queries filters made, and how fast I/O fared. Counts since the volume was mounted or
+/// [`crate::Sim::reset_counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `FltQueryInformationFile` calls on the volume's files (any class, failed ones included).
+    pub query_information: u64,
+    /// `FltGetFileNameInformation` calls for operations on the volume (failed ones included).
+    pub name_queries: u64,
+    /// Fast I/O operations (reads, writes, MDL reads, prepare-MDL-writes) the file system served.
+    pub fast_io: u64,
+    /// Fast I/O operations the file system refused (not cached, a byte-range lock, [`FastIo`]);
+    /// the I/O manager reissued each as an IRP.
+    pub fast_io_refused: u64,
+    /// Fast I/O operations a filter disallowed (`FLT_PREOP_DISALLOW_FASTIO`); each was reissued as
+    /// an IRP.
+    pub fast_io_disallowed: u64,
 }
 
 /// Describes a volume for [`crate::Sim::add_volume`].

@@ -14,8 +14,8 @@ use crate::abi::{
     InstanceQueryTeardown, InstanceSetup, InstanceTeardown, MessageNotify, PostOperation,
     PreOperation,
 };
-use crate::fs::{Namespace, NodeKey};
-use crate::volume::{FastIo, VolumeSpec};
+use crate::fs::{LinkId, Namespace, NodeKey};
+use crate::volume::{Counters, FastIo, VolumeSpec};
 
 /// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
 pub(crate) fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,6 +148,8 @@ pub(crate) struct Volume {
     pub fast_io: FastIo,
     /// State of the seeded refusals of [`FastIo::Seeded`].
     pub fast_io_rng: u64,
+    /// What happened on the volume that a test may count ([`crate::Sim::counters`]).
+    pub counters: Counters,
 }
 
 /// A byte-range lock (`IRP_MJ_LOCK_CONTROL`), owned by the file object that took it.
@@ -250,7 +252,10 @@ pub(crate) struct FileObjectState {
     pub volume: isize,
     /// The file or directory once the create succeeded; `None` for volume opens and before.
     pub node: Option<NodeKey>,
-    /// The stream (the key stream contexts hang on) once the create succeeded.
+    /// The name of the node the file object was opened by (hard links: a node has several).
+    pub link: Option<LinkId>,
+    /// The stream (the key stream contexts hang on) once the create succeeded: the node's key in
+    /// the low 64 bits, the stream's index in the node in the high 64 (0: the unnamed stream).
     pub stream: Option<u128>,
     /// Path relative to the volume root, as opened.
     pub path: String,

@@ -18,9 +18,10 @@ use windows_sys::Wdk::Storage::FileSystem::{
 };
 use windows_sys::Wdk::System::SystemServices::{IRP_MJ_SET_INFORMATION, IRP_MN_MDL};
 use windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_DELETE_PENDING, STATUS_DIRECTORY_NOT_EMPTY, STATUS_FILE_LOCK_CONFLICT,
-    STATUS_FLT_DISALLOW_FAST_IO, STATUS_LOCK_NOT_GRANTED, STATUS_OBJECT_NAME_COLLISION,
-    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_RANGE_NOT_LOCKED, STATUS_SUCCESS,
+    NTSTATUS, STATUS_CANNOT_MAKE, STATUS_DELETE_PENDING, STATUS_DIRECTORY_NOT_EMPTY,
+    STATUS_FILE_LOCK_CONFLICT, STATUS_FLT_DISALLOW_FAST_IO, STATUS_LOCK_NOT_GRANTED,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_RANGE_NOT_LOCKED,
+    STATUS_SUCCESS,
 };
 use windows_sys::Win32::System::WindowsProgramming::{
     FILE_CREATED, FILE_OPENED, FILE_OVERWRITTEN, FILE_SUPERSEDED,
@@ -293,33 +294,102 @@ fn mdl_reads_and_writes_go_fast_once_cached_and_as_irp_mdl_before() {
 }
 
 #[test]
-fn fat_ids_are_directory_entry_positions_changed_by_moves_and_reused() {
-    for fs in [FileSystem::Fat, FileSystem::ExFat] {
+fn fat_ids_are_directory_entry_positions_allocated_as_fastfat_does() {
+    // (file system, entries a short name takes, entries of the directory "\d" itself)
+    for (fs, short) in [(FileSystem::Fat, 1), (FileSystem::ExFat, 3)] {
         let sim = Sim::new();
         let (volume, _) = start(&sim, fs);
         sim.create_directory(volume, r"\d");
         let a = sim.create_file(volume, r"\a", 0);
         let b = sim.create_file(volume, r"\b", 0);
-        assert_eq!(b - a, 32, "{fs:?}: consecutive 32-byte entries");
+        assert_eq!(b - a, 32 * short, "{fs:?}: consecutive entries");
         sim.rename(volume, r"\a", r"\d\a").unwrap();
         let moved = sim.file_id(volume, r"\d\a").unwrap();
         assert_ne!(moved, a, "{fs:?}: a move changes the id");
         let c = sim.create_file(volume, r"\c", 0);
         assert_eq!(
-            c, a,
-            "{fs:?}: the next file takes the freed entry, and its id"
+            c,
+            b + 32 * short,
+            "{fs:?}: while the directory's cluster has never-used entries, a new name takes them, \
+             not the freed ones"
         );
+        // Fill the root's first cluster (128 entries), then the freed entries are taken.
+        let used = 4 * short; // \d, \a (freed), \b, \c
+        let fill: Vec<_> = (0..(128 - used) / short)
+            .map(|i| (format!(r"\F{i:05}"), 0))
+            .collect();
+        sim.create_files(volume, fill);
         sim.delete(volume, r"\b").unwrap();
-        assert_eq!(sim.file_id(volume, r"\b"), None);
-        let e = sim.open(volume, r"\e", OpenOptions::create()).unwrap();
-        drop(e);
+        let reused = sim.open(volume, r"\e", OpenOptions::create()).unwrap();
+        drop(reused);
         assert_eq!(
             sim.file_id(volume, r"\e"),
-            Some(b),
-            "{fs:?}: a deleted file's id comes back"
+            Some(a),
+            "{fs:?}: with the cluster full, the lowest freed run is reused, and its id with it"
         );
+        let next = sim.create_file(volume, r"\g", 0);
+        assert_eq!(next, b, "{fs:?}: and the next freed run after it");
         finish(&sim);
     }
+}
+
+#[test]
+fn fat_long_names_take_long_name_entries_and_renames_keep_entries_that_fit() {
+    let sim = Sim::new();
+    let (volume, _) = start(&sim, FileSystem::Fat);
+    let short = sim.create_file(volume, r"\short.txt", 0);
+    // 26 characters: two long-name entries before the short entry, which gives the id.
+    let long = sim.create_file(volume, r"\A Rather Long File Name.t", 0);
+    assert_eq!(
+        long - short,
+        32 * 3,
+        "two long-name entries, then the short entry"
+    );
+    let after = sim.create_file(volume, r"\after", 0);
+    assert_eq!(after - long, 32);
+    sim.rename(volume, r"\short.txt", r"\OTHER.TXT").unwrap();
+    assert_eq!(
+        sim.file_id(volume, r"\OTHER.TXT"),
+        Some(short),
+        "a rename in place that needs as many entries keeps them (FatSetRenameInfo)"
+    );
+    sim.rename(volume, r"\OTHER.TXT", r"\Mixed.txt").unwrap();
+    assert_ne!(
+        sim.file_id(volume, r"\Mixed.txt"),
+        Some(short),
+        "a mixed-case name needs a long-name entry: new entries"
+    );
+    finish(&sim);
+}
+
+#[test]
+fn a_fat_directory_holds_65536_entries() {
+    let sim = Sim::new();
+    let (volume, _) = start(&sim, FileSystem::Fat);
+    sim.create_directory(volume, r"\full");
+    // "." and ".." take two entries.
+    sim.create_files(volume, (0..65_534).map(|i| (format!(r"\full\F{i:07}"), 0)));
+    assert_eq!(
+        sim.open(volume, r"\full\one-more", OpenOptions::create())
+            .err(),
+        Some(STATUS_CANNOT_MAKE),
+        "fastfat: 64K entries per directory"
+    );
+    sim.delete(volume, r"\full\F0000100").unwrap();
+    let fits = sim.open(volume, r"\full\F9999999", OpenOptions::create());
+    assert!(fits.is_ok(), "a freed entry takes a short name");
+    drop(fits);
+    let exfat = sim.add_volume(VolumeSpec::new(
+        r"\Device\HarddiskVolume2",
+        FileSystem::ExFat,
+    ));
+    sim.create_directory(exfat, r"\big");
+    sim.create_files(exfat, (0..22_000).map(|i| (format!(r"\big\F{i:07}"), 0)));
+    assert!(
+        sim.open(exfat, r"\big\more", OpenOptions::create()).is_ok(),
+        "exFAT directories hold more than 64K entries (three per short name here)"
+    );
+    finish(&sim);
 }
 
 #[test]

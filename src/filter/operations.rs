@@ -124,9 +124,53 @@ pub(super) unsafe extern "system" fn post_create(
         return FLT_POSTOP_FINISHED_PROCESSING;
     }
     // IoStatus.Information of a create says what happened ("NtCreateFile function (ntifs.h)").
+    // FILE_CREATED on a path naming a stream may mean only the stream is new: the file is then
+    // not new (a new file created with its first stream is told apart by its ID, see record_open).
     let created = data.IoStatus.Information == FILE_CREATED as usize;
-    record_open(data, objects, created);
+    // SAFETY: the file object of a successful create is valid during its post-create; its
+    // FileName is the name it was opened by (`Length` bytes at `Buffer`).
+    let opened_by = unsafe { units(&(*objects.FileObject).FileName) };
+    record_open(data, objects, created && !names_a_stream(opened_by));
     FLT_POSTOP_FINISHED_PROCESSING
+}
+
+/// The UTF-16 units of `string`.
+///
+/// # Safety
+/// `string` must describe `Length` bytes of UTF-16 at `Buffer` (or have a NULL `Buffer`), valid
+/// for the returned lifetime.
+unsafe fn units(string: &windows_sys::Win32::Foundation::UNICODE_STRING) -> &[u16] {
+    if string.Buffer.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { core::slice::from_raw_parts(string.Buffer, usize::from(string.Length / 2)) }
+}
+
+/// Where the stream part of a file name begins (the `:` in its final component), if it has one:
+/// `\dir\file.txt:name`, `\dir\file.txt:name:$DATA`, `\dir\file.txt::$DATA`. A `:` can only be
+/// a stream separator there ("File Streams (Local File Systems)"; "Naming Files, Paths, and
+/// Namespaces": `:` is reserved).
+fn stream_part(name: &[u16]) -> Option<usize> {
+    let final_component = name
+        .iter()
+        .rposition(|&c| c == u16::from(b'\\'))
+        .map_or(0, |i| i + 1);
+    let offset = name[final_component..]
+        .iter()
+        .position(|&c| c == u16::from(b':'))?;
+    Some(final_component + offset)
+}
+
+/// Whether a name names a named data stream (`file:name`), not the unnamed one (`file::$DATA`).
+fn names_a_stream(name: &[u16]) -> bool {
+    stream_part(name).is_some_and(|colon| name.get(colon + 1) != Some(&u16::from(b':')))
+}
+
+/// The file's name in a stream's name: `\dir\file.txt` for `\dir\file.txt:name`, so that a
+/// stream tallied with its file never gives the file its name.
+fn file_part(name: &[u16]) -> &[u16] {
+    stream_part(name).map_or(name, |colon| &name[..colon])
 }
 
 /// Tallies a successful open of a file (not a directory).
@@ -138,10 +182,18 @@ pub(super) unsafe extern "system" fn post_create(
 /// the shared lock, with no name query. Only a file new to the table has its name queried and is
 /// inserted under the exclusive lock.
 ///
-/// A create that made a new file (`FILE_CREATED`) always starts a new entry: an entry under its ID
-/// belonged to a file that is gone (FAT and exFAT give a new file the ID of a deleted or moved
-/// file's directory entry), and must not lend it its tallies or name.
-fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, created: bool) {
+/// A create that made a new file (`FILE_CREATED` on the file's unnamed stream: `new_file`) always
+/// starts a new entry: an entry under its ID belonged to a file that is gone (FAT and exFAT give a
+/// new file the ID of a deleted or moved file's directory entry), and must not lend it its tallies
+/// or name. A new named stream of an existing file keeps the file's entry (FAT and exFAT, which
+/// recycle IDs, have no named streams; NTFS and ReFS never reuse an ID, so a file created together
+/// with its first stream finds no entry under its ID).
+///
+/// Alternate data streams are tallied with their file: they share its ID ("File Streams (Local File
+/// Systems)"), and a stream's I/O is I/O of the file. The entry is named by the file's name, never
+/// the stream's (the name's stream part is dropped). A file with several names (hard links) is one
+/// entry, named by the name it was first opened by, as a renamed file keeps its first name.
+fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file: bool) {
     let (instance, file) = (objects.Instance, objects.FileObject);
     let Some(owner) = context::instance_context::<InstanceContext>(instance) else {
         return;
@@ -151,7 +203,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, created:
         return;
     }
     if let Some(key) = known
-        && !created
+        && !new_file
         && owner.tallies().read().record_reopen(key, now())
     {
         return;
@@ -170,7 +222,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, created:
             }
         },
     };
-    if !created && known.is_none() && owner.tallies().read().record_reopen(key, now()) {
+    if !new_file && known.is_none() && owner.tallies().read().record_reopen(key, now()) {
         attach_stream_context(objects, key);
         return;
     }
@@ -178,10 +230,10 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, created:
     let outcome = {
         let mut tallies = owner.tallies().write();
         tallies.add_stat(Stat::NameQueryFailures, failures);
-        if created {
+        if new_file {
             tallies.forget(key);
         }
-        tallies.record_open(key, name.units(), now())
+        tallies.record_open(key, file_part(name.units()), now())
     };
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
@@ -571,4 +623,33 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     };
     tallies.add_stat(requests, 1);
     tallies.add_stat(requested, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{file_part, names_a_stream};
+
+    fn utf16(s: &str) -> std::vec::Vec<u16> {
+        s.encode_utf16().collect()
+    }
+
+    #[test]
+    fn stream_names_are_told_from_file_names() {
+        for (name, stream, file) in [
+            (r"\d\f.txt", false, r"\d\f.txt"),
+            (r"\d\f.txt:s", true, r"\d\f.txt"),
+            (r"\d\f.txt:s:$DATA", true, r"\d\f.txt"),
+            (r"\d\f.txt::$DATA", false, r"\d\f.txt"),
+            (
+                r"\Device\HarddiskVolume2\f:Zone.Identifier",
+                true,
+                r"\Device\HarddiskVolume2\f",
+            ),
+            ("f:s", true, "f"),
+            ("", false, ""),
+        ] {
+            assert_eq!(names_a_stream(&utf16(name)), stream, "{name}");
+            assert_eq!(file_part(&utf16(name)), utf16(file).as_slice(), "{name}");
+        }
+    }
 }

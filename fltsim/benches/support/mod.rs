@@ -198,6 +198,7 @@ pub fn with_open_files<R>(files: usize, measure: impl FnOnce(&mut [FileHandle<'_
     ));
     sim.create_directory(volume, r"\data");
     sim.create_files(volume, (0..files).map(|i| (name(i), 4096)));
+    fltsim::service::install_minifilter("scale", "370000");
     assert_eq!(sim.load("scale", driver_entry), STATUS_SUCCESS);
     let mut handles: Vec<FileHandle<'_>> = (0..files)
         .map(|i| {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use common::{Loaded, totals};
-use fltsim::{FastIo, FileSystem, OpenOptions};
+use fltsim::{FastIo, FileHandle, FileSystem, OpenOptions};
 
 /// A small seeded generator (xorshift64).
 struct Rng(u64);
@@ -24,6 +24,27 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Issues transfer kind `kind` (0..8) of `length` bytes at `offset`: `Some(true)` for a read,
+/// `Some(false)` for a write, `None` for paging I/O, which is never counted. Every other request
+/// counts, failed or not (a fast I/O refused by the file system counts once, as the IRP it is
+/// reissued as).
+fn transfer(h: &mut FileHandle<'_>, kind: u64, length: u32, offset: u64) -> Option<bool> {
+    match kind {
+        0 => h.read(length, offset),
+        1 => h.write(length, offset),
+        2 => h.fast_read(length, offset),
+        3 => h.fast_write(length, offset),
+        4 => h.mdl_read(length, offset),
+        5 => h.mdl_write(length, offset),
+        6 => h.read_noncached(length, offset),
+        _ => {
+            h.read_paging(length, offset);
+            return None;
+        }
+    };
+    Some(matches!(kind, 0 | 2 | 4 | 6))
 }
 
 const THREADS: u64 = 4;
@@ -71,42 +92,8 @@ fn totals_are_exact_on_every_file_system() {
                         for _ in 0..rng.below(6) {
                             let length = u32::try_from(1 + rng.below(4096)).unwrap();
                             let offset = rng.below(16384);
-                            // Every request counts, failed or not (a fast I/O refused by the
-                            // file system counts once, as the IRP it is reissued as).
-                            let read = match rng.below(8) {
-                                0 => {
-                                    h.read(length, offset);
-                                    true
-                                }
-                                1 => {
-                                    h.write(length, offset);
-                                    false
-                                }
-                                2 => {
-                                    h.fast_read(length, offset);
-                                    true
-                                }
-                                3 => {
-                                    h.fast_write(length, offset);
-                                    false
-                                }
-                                4 => {
-                                    h.mdl_read(length, offset);
-                                    true
-                                }
-                                5 => {
-                                    h.mdl_write(length, offset);
-                                    false
-                                }
-                                6 => {
-                                    h.read_noncached(length, offset);
-                                    true
-                                }
-                                _ => {
-                                    // Paging I/O is never counted.
-                                    h.read_paging(length, offset);
-                                    continue;
-                                }
+                            let Some(read) = transfer(&mut h, rng.below(8), length, offset) else {
+                                continue;
                             };
                             if read {
                                 e.1 += 1;

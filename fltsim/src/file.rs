@@ -816,7 +816,13 @@ fn release_stream(volume: isize, file_object: usize) {
                 remove_link = l.opens == 0 && l.delete_pending;
             }
         }
-        if remove_link && !v.files.has_children(node) {
+        if remove_link && v.files.has_children(node) {
+            // A directory that got entries after its delete was asked for cannot go: fltsim drops
+            // the delete rather than leave its name pending for ever.
+            if let Some(l) = v.files.node_mut(node).and_then(|n| n.link_mut(link)) {
+                l.delete_pending = false;
+            }
+        } else if remove_link {
             v.files.remove_link(node, link);
         }
         last_of_stream.then(|| crate::context::stream_closed(w, volume, stream))

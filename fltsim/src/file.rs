@@ -760,15 +760,15 @@ fn open_target_directory(volume: isize, file_object: *mut FILE_OBJECT) -> (NTSTA
             f.stream = Some(stream);
             f.open = true;
         }
-        // SAFETY: the file object belongs to the open in progress, whose name buffer holds `path`
-        // as UTF-16 (ASCII-compatible offsets are not assumed: the units are counted).
-        unsafe {
-            let units = path[..component].encode_utf16().count();
-            let name = &mut (*file_object).FileName;
-            name.Buffer = name.Buffer.add(units);
-            name.Length -= u16::try_from(units * 2).unwrap_or(0);
-            name.MaximumLength = name.Length;
-        }
+        let units = path[..component].encode_utf16().count();
+        // SAFETY: the file object belongs to the open in progress, live for it; only the file
+        // system changes its FileName.
+        let name = unsafe { &mut (*file_object).FileName };
+        // SAFETY: the name buffer holds `path` as UTF-16, of which the directory part is `units`
+        // units long: the result points into the same buffer.
+        name.Buffer = unsafe { name.Buffer.add(units) };
+        name.Length -= u16::try_from(units * 2).unwrap_or(0);
+        name.MaximumLength = name.Length;
         (STATUS_SUCCESS, information as usize)
     })
 }

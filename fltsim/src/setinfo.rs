@@ -109,16 +109,14 @@ impl FileHandle<'_> {
                 .max(size_of::<FILE_RENAME_INFORMATION>() / 8)
         ];
         let info = buffer.as_mut_ptr().cast::<FILE_RENAME_INFORMATION>();
-        // SAFETY: the buffer is aligned and holds the header and the name.
-        unsafe {
-            (*info).Anonymous.ReplaceIfExists = replace_if_exists;
-            (*info).FileNameLength = u32::try_from(name.len() * 2).unwrap_or(u32::MAX);
-            std::ptr::copy_nonoverlapping(
-                name.as_ptr(),
-                info.cast::<u16>().add(name_offset / 2),
-                name.len(),
-            );
-        }
+        // SAFETY: the buffer is aligned for the structure and holds its header.
+        let header = unsafe { &mut *info };
+        header.Anonymous.ReplaceIfExists = replace_if_exists;
+        header.FileNameLength = u32::try_from(name.len() * 2).unwrap_or(u32::MAX);
+        // SAFETY: the name's place, `name_offset` bytes into the buffer, which holds it.
+        let name_at = unsafe { info.cast::<u16>().add(name_offset / 2) };
+        // SAFETY: the buffer holds the name's `name.len()` units from `name_at`.
+        unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), name_at, name.len()) };
         let mut parameters = FLT_PARAMETERS::default();
         parameters.SetFileInformation.Length = u32::try_from(length).unwrap_or(u32::MAX);
         parameters.SetFileInformation.FileInformationClass = class;
@@ -249,15 +247,16 @@ fn set_in_file_system(volume: isize, file_object: usize, p: &FLT_PARAMETERS) -> 
     }
     let info = buffer.cast::<FILE_RENAME_INFORMATION>();
     // SAFETY: a FILE_RENAME_INFORMATION (or the same-layout FILE_LINK_INFORMATION) buffer of
-    // `length` bytes whose name fits in it.
-    let (replace, name) = unsafe {
-        let units = ((*info).FileNameLength as usize / 2).min((length as usize - name_offset) / 2);
-        let name = info.cast::<u16>().add(name_offset / 2);
-        (
-            (*info).Anonymous.ReplaceIfExists,
-            String::from_utf16_lossy(std::slice::from_raw_parts(name, units)),
-        )
-    };
+    // `length` bytes, at least the header (checked).
+    let header = unsafe { &*info };
+    // SAFETY: the buffer's first byte is the union's BOOLEAN `ReplaceIfExists`, read as a byte
+    // (a caller may write any nonzero value for TRUE, which a Rust bool cannot hold).
+    let replace = unsafe { info.cast::<u8>().read() } != 0;
+    let units = (header.FileNameLength as usize / 2).min((length as usize - name_offset) / 2);
+    // SAFETY: the name's place, `name_offset` bytes into the buffer.
+    let start = unsafe { info.cast::<u16>().add(name_offset / 2) };
+    // SAFETY: `units` units of the name lie in the buffer's `length` bytes (bounded above).
+    let name = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(start, units) });
     let status = world::with(|w| {
         let new_path = match target_path(w, volume, file_object, parent_of_target, &name) {
             Ok(path) => path,
@@ -298,16 +297,16 @@ fn target_path(
         let v = w.volume(volume).ok_or(STATUS_VOLUME_DISMOUNTED)?;
         let directory = v.files.node(target).filter(|n| n.directory);
         let directory = directory.ok_or(STATUS_INVALID_PARAMETER)?.path().to_owned();
-        // SAFETY: a live file object of an open in progress; its FileName describes `Length`
-        // bytes of UTF-16 at `Buffer` (the final component the target-directory open left).
-        let component = unsafe {
-            let name = &(*parent_of_target).FileName;
-            if name.Buffer.is_null() {
-                return Err(STATUS_OBJECT_NAME_INVALID);
-            }
-            let units = std::slice::from_raw_parts(name.Buffer, usize::from(name.Length / 2));
-            String::from_utf16_lossy(units)
-        };
+        // SAFETY: a live file object of an open in progress.
+        let name = unsafe { &(*parent_of_target).FileName };
+        if name.Buffer.is_null() {
+            return Err(STATUS_OBJECT_NAME_INVALID);
+        }
+        // SAFETY: its FileName describes `Length` bytes of UTF-16 at `Buffer` (the final component
+        // the target-directory open left), valid for the operation.
+        let units =
+            unsafe { std::slice::from_raw_parts(name.Buffer, usize::from(name.Length / 2)) };
+        let component = String::from_utf16_lossy(units);
         return Ok(if directory == "\\" {
             format!("\\{component}")
         } else {

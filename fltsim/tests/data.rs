@@ -165,13 +165,12 @@ fn setup_data_is_the_same_in_every_run_and_costs_nothing_until_written() {
 fn querying(statuses: Arc<std::sync::Mutex<Vec<NTSTATUS>>>) -> Config {
     Config {
         post: Some(Arc::new(move |data, objects, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            let (major, status) = unsafe {
-                (
-                    (*(*data).Iopb).MajorFunction,
-                    (*data).IoStatus.Anonymous.Status,
-                )
-            };
+            // SAFETY: callback data from Filter Manager, valid for the callback.
+            let data_ref = unsafe { &*data };
+            // SAFETY: its parameter block.
+            let major = unsafe { (*data_ref.Iopb).MajorFunction };
+            // SAFETY: the final status, in the union's Status arm.
+            let status = unsafe { data_ref.IoStatus.Anonymous.Status };
             if major != CREATE || status < 0 {
                 return FLT_POSTOP_FINISHED_PROCESSING;
             }
@@ -253,9 +252,13 @@ fn counters_show_how_fast_io_fared() {
     let sim = Sim::new();
     configure(Config {
         pre: Some(Arc::new(|data, _, _| {
-            // SAFETY: callback data from Filter Manager; a read's or write's parameters.
-            let (flags, length) =
-                unsafe { ((*data).Flags, (*(*data).Iopb).Parameters.Read.Length) };
+            // SAFETY: callback data from Filter Manager, valid for the callback.
+            let data_ref = unsafe { &*data };
+            // SAFETY: its parameter block.
+            let iopb = unsafe { &*data_ref.Iopb };
+            // SAFETY: a read's or write's parameters: the length is at the same place in both.
+            let length = unsafe { iopb.Parameters.Read.Length };
+            let flags = data_ref.Flags;
             if flags & FLTFL_CALLBACK_DATA_FAST_IO_OPERATION != 0 && length == 7 {
                 FLT_PREOP_DISALLOW_FASTIO
             } else {

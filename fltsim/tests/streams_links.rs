@@ -134,14 +134,13 @@ fn watcher(log: Log) -> Config {
     Config {
         operations: Some(common::Table(operations)),
         post: Some(Arc::new(move |data, objects, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            let (iopb, status, information) = unsafe {
-                (
-                    &*(*data).Iopb,
-                    (*data).IoStatus.Anonymous.Status,
-                    (*data).IoStatus.Information,
-                )
-            };
+            // SAFETY: callback data from Filter Manager, valid for the callback.
+            let data_ref = unsafe { &*data };
+            // SAFETY: its parameter block.
+            let iopb = unsafe { &*data_ref.Iopb };
+            // SAFETY: the final status, in the union's Status arm.
+            let status = unsafe { data_ref.IoStatus.Anonymous.Status };
+            let information = data_ref.IoStatus.Information;
             if iopb.MajorFunction != CREATE {
                 return FLT_POSTOP_FINISHED_PROCESSING;
             }
@@ -173,11 +172,10 @@ fn watcher(log: Log) -> Config {
                     )
                 };
                 if named >= 0 {
-                    // SAFETY: a live name information, released once.
-                    unsafe {
-                        seen.name = Some(text(&(*info).Name));
-                        FltReleaseFileNameInformation(info);
-                    }
+                    // SAFETY: a live name information.
+                    seen.name = Some(text(unsafe { &(*info).Name }));
+                    // SAFETY: released once.
+                    unsafe { FltReleaseFileNameInformation(info) };
                 }
                 let context = allocate(FLT_STREAM_CONTEXT).unwrap();
                 let mut old: PFLT_CONTEXT = ptr::null_mut();
@@ -196,13 +194,12 @@ fn watcher(log: Log) -> Config {
                 } else {
                     context
                 } as usize;
-                // SAFETY: releases our references (the link keeps its own).
-                unsafe {
-                    if set == STATUS_FLT_CONTEXT_ALREADY_DEFINED {
-                        FltReleaseContext(old);
-                    }
-                    FltReleaseContext(context);
+                if set == STATUS_FLT_CONTEXT_ALREADY_DEFINED {
+                    // SAFETY: releases the reference the set returned on the old context.
+                    unsafe { FltReleaseContext(old) };
                 }
+                // SAFETY: releases our reference (the link keeps its own).
+                unsafe { FltReleaseContext(context) };
             }
             log.lock().unwrap().push(seen);
             FLT_POSTOP_FINISHED_PROCESSING

@@ -135,17 +135,16 @@ fn a_filter_that_disallows_fast_io_is_caught() {
 fn a_filter_that_changes_a_status_is_caught() {
     let config = Config {
         pre: Some(std::sync::Arc::new(|data, _, _| {
-            // SAFETY: callback data from Filter Manager; a read's parameters.
-            let (major, length) = unsafe {
-                let iopb = &*(*data).Iopb;
-                (iopb.MajorFunction, iopb.Parameters.Read.Length)
-            };
-            if major == common::READ && length > 5000 {
-                // SAFETY: the pre-op owns the callback data's status while completing it.
-                unsafe {
-                    (*data).IoStatus.Anonymous.Status = STATUS_UNEXPECTED_IO_ERROR;
-                    (*data).IoStatus.Information = 0;
-                }
+            // SAFETY: callback data from Filter Manager, valid for the callback; the pre-op may
+            // change its status when it completes the operation.
+            let data = unsafe { &mut *data };
+            // SAFETY: the operation's parameter block.
+            let iopb = unsafe { &*data.Iopb };
+            // SAFETY: a read's parameters (only used for reads).
+            let length = unsafe { iopb.Parameters.Read.Length };
+            if iopb.MajorFunction == common::READ && length > 5000 {
+                data.IoStatus.Anonymous.Status = STATUS_UNEXPECTED_IO_ERROR;
+                data.IoStatus.Information = 0;
                 return FLT_PREOP_COMPLETE;
             }
             FLT_PREOP_SUCCESS_WITH_CALLBACK
@@ -163,17 +162,18 @@ fn a_filter_that_changes_a_status_is_caught() {
 fn a_filter_that_changes_data_is_caught() {
     let config = Config {
         post: Some(std::sync::Arc::new(|data, _, _, _| {
-            // SAFETY: callback data from Filter Manager; a completed buffered read's buffer holds
-            // `Information` bytes.
-            unsafe {
-                let iopb = &*(*data).Iopb;
-                let buffer = iopb.Parameters.Read.ReadBuffer.cast::<u8>();
-                if iopb.MajorFunction == common::READ
-                    && (*data).IoStatus.Information > 0
-                    && !buffer.is_null()
-                {
-                    *buffer ^= 0x01;
-                }
+            // SAFETY: callback data from Filter Manager, valid for the callback.
+            let data = unsafe { &*data };
+            // SAFETY: the operation's parameter block.
+            let iopb = unsafe { &*data.Iopb };
+            // SAFETY: a read's parameters (only used for reads).
+            let buffer = unsafe { iopb.Parameters.Read.ReadBuffer.cast::<u8>() };
+            if iopb.MajorFunction == common::READ
+                && data.IoStatus.Information > 0
+                && !buffer.is_null()
+            {
+                // SAFETY: a completed buffered read's buffer holds `Information` bytes.
+                unsafe { *buffer ^= 0x01 };
             }
             FLT_POSTOP_FINISHED_PROCESSING
         })),

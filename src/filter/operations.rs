@@ -127,9 +127,11 @@ pub(super) unsafe extern "system" fn post_create(
     // FILE_CREATED on a path naming a stream may mean only the stream is new: the file is then
     // not new (a new file created with its first stream is told apart by its ID, see record_open).
     let created = data.IoStatus.Information == FILE_CREATED as usize;
-    // SAFETY: the file object of a successful create is valid during its post-create; its
-    // FileName is the name it was opened by (`Length` bytes at `Buffer`).
-    let opened_by = unsafe { units(&(*objects.FileObject).FileName) };
+    // SAFETY: the file object of a successful create is valid during its post-create.
+    let file_name = unsafe { &(*objects.FileObject).FileName };
+    // SAFETY: its FileName is the name it was opened by (`Length` bytes at `Buffer`), valid for the
+    // post-create.
+    let opened_by = unsafe { units(file_name) };
     record_open(data, objects, created && !names_a_stream(opened_by));
     FLT_POSTOP_FINISHED_PROCESSING
 }
@@ -359,15 +361,11 @@ impl FileName {
         if self.0.is_null() {
             return &[];
         }
-        // SAFETY: a referenced FLT_FILE_NAME_INFORMATION stays valid until released in `drop`;
-        // its Name describes `Length` bytes of UTF-16 at `Buffer`.
-        unsafe {
-            let name = &(*self.0).Name;
-            if name.Buffer.is_null() {
-                return &[];
-            }
-            core::slice::from_raw_parts(name.Buffer, usize::from(name.Length / 2))
-        }
+        // SAFETY: a referenced FLT_FILE_NAME_INFORMATION stays valid until released in `drop`.
+        let name = unsafe { &(*self.0).Name };
+        // SAFETY: its Name describes `Length` bytes of UTF-16 at `Buffer` (or has a NULL `Buffer`),
+        // valid while `self` holds its reference.
+        unsafe { units(name) }
     }
 }
 

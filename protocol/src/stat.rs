@@ -11,21 +11,18 @@
 pub enum Stat {
     /// Entries created in the table.
     Inserts = 0,
-    /// Opens, reads and writes that found their file's entry.
-    Hits = 1,
-    /// Reads and writes whose file had no entry.
-    Misses = 2,
+    /// Reads and writes of a stream whose file had no entry (evicted since it was opened).
+    Misses = 1,
     /// Entries evicted to make room for a new file.
-    Evictions = 3,
+    Evictions = 2,
     /// Tallies dropped because a pool allocation failed.
-    AllocationFailures = 4,
+    AllocationFailures = 3,
 }
 
 impl Stat {
     /// Every statistic, in id order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 4] = [
         Self::Inserts,
-        Self::Hits,
         Self::Misses,
         Self::Evictions,
         Self::AllocationFailures,
@@ -57,7 +54,6 @@ impl Stat {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Inserts => "inserts",
-            Self::Hits => "hits",
             Self::Misses => "misses",
             Self::Evictions => "evictions",
             Self::AllocationFailures => "allocation_failures",
@@ -69,8 +65,7 @@ impl Stat {
     pub const fn description(self) -> &'static str {
         match self {
             Self::Inserts => "entries created in the table",
-            Self::Hits => "opens, reads and writes that found their file's entry",
-            Self::Misses => "reads and writes whose file had no entry",
+            Self::Misses => "reads and writes of a stream whose file's entry was evicted",
             Self::Evictions => "entries evicted to make room for a new file",
             Self::AllocationFailures => "tallies dropped because a pool allocation failed",
         }

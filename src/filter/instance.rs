@@ -188,7 +188,11 @@ fn allocate(volume: PFLT_VOLUME) -> Result<ContextRef<InstanceContext>, NTSTATUS
         ptr::write(&raw mut (*slot).volume_name, name);
         PushLock::init_in_place(
             &raw mut (*slot).tallies,
-            Table::new_in(max_entries, PagedAllocator::new(tags::TABLE)),
+            Table::new_with_names_in(
+                max_entries,
+                PagedAllocator::new(tags::TABLE),
+                PagedAllocator::new(tags::FILE_NAME),
+            ),
         );
         ContextRef::from_raw(raw).ok_or(STATUS_INSUFFICIENT_RESOURCES)
     }

@@ -29,15 +29,18 @@ use windows_sys::Win32::Foundation::STATUS_REPARSE;
 
 use super::context::{self, Context, ContextRef};
 use super::instance::InstanceContext;
-use crate::table::{FileKey, Io, OpenOutcome};
+use crate::table::{FileKey, Io, OpenOutcome, Slot};
 
-/// The stream context: the key of the stream's file in the instance's table.
+/// The stream context: the key of the stream's file in the instance's table, and where its entry
+/// was then.
 ///
-/// Set by post-create, so that reads and writes find their entry without querying the file system.
-/// Plain data: it needs no cleanup callback.
+/// Set by post-create, so that reads and writes find their entry without querying the file system
+/// (and, while the slot hint is right, without a lookup in the table). Plain data: it needs no
+/// cleanup callback.
 pub(crate) struct StreamContext {
     key_low: u64,
     key_high: u64,
+    slot: u32,
 }
 
 // SAFETY: the only contexts registered as FLT_STREAM_CONTEXT are made by `attach_stream_context`,
@@ -50,6 +53,10 @@ unsafe impl Context for StreamContext {
 impl StreamContext {
     fn key(&self) -> FileKey {
         FileKey(u128::from(self.key_high) << 64 | u128::from(self.key_low))
+    }
+
+    fn slot(&self) -> Slot {
+        Slot::from_bits(self.slot)
     }
 }
 
@@ -108,13 +115,14 @@ fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const F
         return;
     };
     let name = FileName::get(data);
-    let outcome = owner
-        .tallies()
-        .write()
-        .record_open(key, name.units(), now());
+    let (outcome, slot) = {
+        let mut table = owner.tallies().write();
+        let outcome = table.record_open(key, name.units(), now());
+        (outcome, table.slot(key))
+    };
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
-        attach_stream_context(instance, file, key);
+        attach_stream_context(instance, file, key, slot);
     }
 }
 
@@ -212,8 +220,13 @@ impl Drop for FileName {
     }
 }
 
-/// Gives the stream a context carrying `key`, unless it already has one.
-fn attach_stream_context(instance: PFLT_INSTANCE, file: *const FILE_OBJECT, key: FileKey) {
+/// Gives the stream a context carrying `key` and its entry's `slot`, unless it already has one.
+fn attach_stream_context(
+    instance: PFLT_INSTANCE,
+    file: *const FILE_OBJECT,
+    key: FileKey,
+    slot: Option<Slot>,
+) {
     if context::stream_context::<StreamContext>(instance, file).is_some() {
         return;
     }
@@ -235,6 +248,7 @@ fn attach_stream_context(instance: PFLT_INSTANCE, file: *const FILE_OBJECT, key:
     let value = StreamContext {
         key_low: key.0 as u64,
         key_high: (key.0 >> 64) as u64,
+        slot: slot.map_or(u32::MAX, Slot::to_bits),
     };
     // SAFETY: fresh context memory of StreamContext's size, aligned for it (pool alignment); written
     // before the context is published or released.
@@ -311,7 +325,7 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     else {
         return;
     };
-    let key = stream.key();
+    let (key, slot) = (stream.key(), stream.slot());
     drop(stream);
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
@@ -319,5 +333,5 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     owner
         .tallies()
         .read()
-        .record_io(key, io, u64::from(length), now());
+        .record_io_at(slot, key, io, u64::from(length), now());
 }

@@ -1,5 +1,5 @@
 //! Checks `inf/iotally.inx` against the rules for a primitive minifilter INF
-//! (`shared/docs/kernel-facts.md`, Microsoft's "Creating an INF file for a minifilter driver"),
+//! (`docs/kernel-rules.md`, "INF"; Microsoft's "Creating an INF File for a Minifilter Driver"),
 //! and shows that the checker catches broken copies.
 //!
 //! The INF is parsed by a small section/key reader below: `[Section]` headers, `key = value` lines,

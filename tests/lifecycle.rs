@@ -133,8 +133,9 @@ fn max_entries_comes_from_the_registry() {
             r"\Device\HarddiskVolume2",
             FileSystem::Ntfs,
         ));
-        let max =
-            iotally::inspect::with_instance(sim.instance(c).unwrap(), |v| v.table().max_entries());
+        let instance = sim.instance(c).unwrap();
+        // SAFETY: the instance was just attached and stays attached during the call.
+        let max = unsafe { iotally::inspect::with_instance(instance, |v| v.table().max_entries()) };
         assert_eq!(max, Some(expected), "for {value:?}");
         assert!(
             registry::open_handles().is_empty(),

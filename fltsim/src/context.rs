@@ -14,8 +14,7 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CONTEXT_END, FLT_FILE_CONTEXT, FLT_INSTANCE_CONTEXT, FLT_SECTION_CONTEXT,
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_SET_CONTEXT_OPERATION, FLT_SET_CONTEXT_REPLACE_IF_EXISTS,
     FLT_STREAM_CONTEXT, FLT_STREAMHANDLE_CONTEXT, FLT_TRANSACTION_CONTEXT, FLT_VOLUME_CONTEXT,
-    FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH, PFLT_CONTEXT, PFLT_CONTEXT_CLEANUP_CALLBACK,
-    PFLT_CONTEXT_FREE_CALLBACK, PFLT_FILTER, PFLT_INSTANCE,
+    FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND, STATUS_FLT_CONTEXT_ALREADY_DEFINED,
@@ -23,6 +22,7 @@ use windows_sys::Win32::Foundation::{
     STATUS_INVALID_PARAMETER, STATUS_NOT_FOUND, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
 };
 
+use crate::abi::{ContextCleanup, ContextFree};
 use crate::callback::call_at;
 use crate::irql::{APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
@@ -51,8 +51,8 @@ pub(crate) struct Dying {
     address: usize,
     context_type: u16,
     tag: u32,
-    cleanup: PFLT_CONTEXT_CLEANUP_CALLBACK,
-    free: PFLT_CONTEXT_FREE_CALLBACK,
+    cleanup: Option<ContextCleanup>,
+    free: Option<ContextFree>,
 }
 
 /// Drops one reference of the context at `address`; returns it when that was the last one.
@@ -118,13 +118,13 @@ fn destroy(context: &Dying) {
         let level = crate::irql::current();
         call_at(level, "ContextCleanupCallback", || {
             // SAFETY: the registration's cleanup callback, given the live context and its type.
-            unsafe { cleanup(pointer, context.context_type) };
+            unsafe { cleanup.call(pointer, context.context_type) };
         });
     }
     if let Some(free) = context.free {
         call_at(PASSIVE_LEVEL, "ContextFreeCallback", || {
             // SAFETY: the registration's free routine for memory its allocate routine returned.
-            unsafe { free(pointer, context.context_type) };
+            unsafe { free.call(pointer, context.context_type) };
         });
     } else {
         crate::pool::free(pointer, context.tag);
@@ -202,7 +202,7 @@ pub unsafe extern "system" fn FltAllocateContext(
     };
     let pointer = if let Some(allocate) = entry.allocate {
         // SAFETY: the registration's allocate routine with its documented arguments.
-        unsafe { allocate(pooltype, contextsize, contexttype) }
+        unsafe { allocate.call(pooltype, contextsize, contexttype) }
     } else {
         let flags = if paged {
             crate::pool::POOL_FLAG_PAGED

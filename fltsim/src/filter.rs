@@ -20,6 +20,10 @@ use windows_sys::Win32::Foundation::{
     STATUS_NOT_SUPPORTED, STATUS_SUCCESS, UNICODE_STRING,
 };
 
+use crate::abi::{
+    ContextAllocate, ContextCleanup, ContextFree, DriverEntryFn, FilterUnload,
+    InstanceQueryTeardown, InstanceSetup, InstanceTeardown, PostOperation, PreOperation,
+};
 use crate::callback::{call_at, hex};
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{irql_at_most, violation};
@@ -30,10 +34,6 @@ const LOWEST_FLT_MAJOR: u8 = 0xEC;
 
 /// Array entries read before deciding that an operation or context array has no terminator.
 const MAX_ENTRIES: usize = 256;
-
-/// A `DriverEntry` routine.
-pub type DriverEntry =
-    unsafe extern "system" fn(*mut DRIVER_OBJECT, *const UNICODE_STRING) -> NTSTATUS;
 
 /// `FltRegisterFilter`: validates and copies the registration. IRQL `PASSIVE_LEVEL`.
 ///
@@ -102,11 +102,15 @@ fn parse_registration(registration: &FLT_REGISTRATION) -> Result<Filter, NTSTATU
         state: FilterState::Registered,
         operations,
         contexts,
-        unload: registration.FilterUnloadCallback,
-        setup: registration.InstanceSetupCallback,
-        query_teardown: registration.InstanceQueryTeardownCallback,
-        teardown_start: registration.InstanceTeardownStartCallback,
-        teardown_complete: registration.InstanceTeardownCompleteCallback,
+        unload: FilterUnload::from_driver(registration.FilterUnloadCallback),
+        setup: InstanceSetup::from_driver(registration.InstanceSetupCallback),
+        query_teardown: InstanceQueryTeardown::from_driver(
+            registration.InstanceQueryTeardownCallback,
+        ),
+        teardown_start: InstanceTeardown::from_driver(registration.InstanceTeardownStartCallback),
+        teardown_complete: InstanceTeardown::from_driver(
+            registration.InstanceTeardownCompleteCallback,
+        ),
     })
 }
 
@@ -138,8 +142,8 @@ unsafe fn parse_operations(
         }
         let op = OperationEntry {
             flags: entry.Flags,
-            pre: entry.PreOperation,
-            post: entry.PostOperation,
+            pre: PreOperation::from_driver(entry.PreOperation),
+            post: PostOperation::from_driver(entry.PostOperation),
         };
         if operations.insert(entry.MajorFunction, op).is_some() {
             return Err(STATUS_INVALID_PARAMETER);
@@ -188,11 +192,11 @@ unsafe fn parse_contexts(
         contexts.push(ContextEntry {
             context_type: entry.ContextType,
             flags: entry.Flags,
-            cleanup: entry.ContextCleanupCallback,
+            cleanup: ContextCleanup::from_driver(entry.ContextCleanupCallback),
             size: entry.Size,
             tag: entry.PoolTag,
-            allocate: entry.ContextAllocateCallback,
-            free: entry.ContextFreeCallback,
+            allocate: ContextAllocate::from_driver(entry.ContextAllocateCallback),
+            free: ContextFree::from_driver(entry.ContextFreeCallback),
         });
     }
     violation(format!(
@@ -349,7 +353,7 @@ pub(crate) fn unicode(buffer: &[u16]) -> UNICODE_STRING {
 }
 
 /// Calls `entry` like the I/O manager loads a driver named `name`.
-pub(crate) fn load(name: &str, entry: DriverEntry) -> (NTSTATUS, DriverImage) {
+pub(crate) fn load(name: &str, entry: DriverEntryFn) -> (NTSTATUS, DriverImage) {
     let registry: Vec<u16> =
         format!("\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\{name}")
             .encode_utf16()
@@ -369,7 +373,7 @@ pub(crate) fn load(name: &str, entry: DriverEntry) -> (NTSTATUS, DriverImage) {
     let object: *mut DRIVER_OBJECT = &raw mut *image.object;
     let status = call_at(PASSIVE_LEVEL, "DriverEntry", || {
         // SAFETY: `object` and `path` are valid for the call; the driver's entry point contract.
-        unsafe { entry(object, &raw const path) }
+        unsafe { entry.call(object, &raw const path) }
     });
     if status >= 0 {
         world::with(|w| w.driver_loaded = true);
@@ -407,7 +411,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
         Ok(callback) => callback,
         Err(message) => panic!("{message}"),
     };
-    // Without FilterUnloadCallback Filter Manager cannot unload the filter (kernel-facts.md).
+    // Without FilterUnloadCallback Filter Manager cannot unload the filter (`docs/kernel-rules.md`, "Registration and unload").
     let Some(callback) = callback else {
         return STATUS_NOT_SUPPORTED;
     };
@@ -419,7 +423,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
     };
     let status = call_at(PASSIVE_LEVEL, "FilterUnload", || {
         // SAFETY: the driver's registered FilterUnloadCallback, called with its documented flags.
-        unsafe { callback(flags) }
+        unsafe { callback.call(flags) }
     });
     world::with(|w| w.unloading_mandatory = false);
     let unregistered = world::with(|w| {

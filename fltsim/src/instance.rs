@@ -55,7 +55,7 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
         call_at(PASSIVE_LEVEL, "InstanceSetupCallback", || {
             // SAFETY: the driver's InstanceSetupCallback with valid related objects.
             unsafe {
-                callback(
+                callback.call(
                     &raw const objects,
                     flags,
                     spec.file_system.device_type(),
@@ -98,7 +98,7 @@ pub(crate) fn detach(instance: isize) -> NTSTATUS {
     let objects = related_objects(filter, volume, instance, ptr::null());
     let status = call_at(PASSIVE_LEVEL, "InstanceQueryTeardownCallback", || {
         // SAFETY: the driver's InstanceQueryTeardownCallback with valid related objects; flags 0.
-        unsafe { query(&raw const objects, 0) }
+        unsafe { query.call(&raw const objects, 0) }
     });
     if status < 0 {
         return status;
@@ -131,14 +131,14 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
     if let Some(start) = start {
         call_at(PASSIVE_LEVEL, "InstanceTeardownStartCallback", || {
             // SAFETY: the driver's InstanceTeardownStartCallback with valid related objects.
-            unsafe { start(&raw const objects, reason) };
+            unsafe { start.call(&raw const objects, reason) };
         });
     }
     drain(instance);
     if let Some(complete) = complete {
         call_at(PASSIVE_LEVEL, "InstanceTeardownCompleteCallback", || {
             // SAFETY: the driver's InstanceTeardownCompleteCallback with valid related objects.
-            unsafe { complete(&raw const objects, reason) };
+            unsafe { complete.call(&raw const objects, reason) };
         });
     }
     crate::context::instance_gone(instance);
@@ -172,7 +172,7 @@ fn drain(instance: isize) {
             // SAFETY: the operation's thread waits (PostState::Draining) until this returns, so the
             // callback data and related objects stay valid; the driver's post-op callback.
             unsafe {
-                (post.post)(
+                post.post.call(
                     data as *mut FLT_CALLBACK_DATA,
                     post.objects as *const FLT_RELATED_OBJECTS,
                     post.completion_context as *const core::ffi::c_void,

@@ -23,6 +23,7 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
 use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CREATE, IRP_NOCACHE, IRP_PAGING_IO};
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_PENDING};
 
+use crate::abi::{PostOperation, PreOperation};
 use crate::callback::{call_at, hex, related_objects};
 use crate::irql::{APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{irql_at_most, violation};
@@ -72,8 +73,8 @@ struct Frame {
 /// How the filter takes part in an operation.
 struct Filtering {
     instance: isize,
-    pre: windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_PRE_OPERATION_CALLBACK,
-    post: PFLT_POST_OPERATION_CALLBACK,
+    pre: Option<PreOperation>,
+    post: Option<PostOperation>,
     filter: isize,
 }
 
@@ -219,7 +220,7 @@ fn run(
         Some(pre) => call_at(pre_irql, "PreOperationCallback", || {
             // SAFETY: the driver's pre-op with callback data, related objects and a context slot
             // that stay valid for the call.
-            unsafe { pre(data, objects, &raw mut completion_context) }
+            unsafe { pre.call(data, objects, &raw mut completion_context) }
         }),
         None => FLT_PREOP_SUCCESS_WITH_CALLBACK,
     };
@@ -340,7 +341,7 @@ fn complete(
         // SAFETY: the driver's post-op with this operation's live callback data, related objects
         // and the completion context its pre-op returned.
         unsafe {
-            (pending.post)(
+            pending.post.call(
                 data,
                 pending.objects as *const FLT_RELATED_OBJECTS,
                 pending.completion_context as *const c_void,
@@ -531,7 +532,7 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
     let Some(state) = callback_data_state("FltDoCompletionProcessingWhenSafe", data) else {
         return false;
     };
-    let Some(safe) = safepostcallback else {
+    let Some(safe) = PostOperation::from_driver(safepostcallback) else {
         violation("fltsim: FltDoCompletionProcessingWhenSafe: SafePostCallback is NULL".into());
         return false;
     };
@@ -550,7 +551,7 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
     if crate::irql::current() <= APC_LEVEL {
         let status = call_at(crate::irql::current(), "SafePostCallback", || {
             // SAFETY: the post-op's own arguments, valid for the call.
-            unsafe { safe(data, fltobjects, completioncontext, flags) }
+            unsafe { safe.call(data, fltobjects, completioncontext, flags) }
         });
         // SAFETY: checked non-null; the caller's output variable.
         unsafe { retpostoperationstatus.write(status) };
@@ -566,7 +567,7 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
             // SAFETY: the operation waits for this worker before it completes, so its callback
             // data and related objects stay valid.
             unsafe {
-                safe(
+                safe.call(
                     data_address as *mut FLT_CALLBACK_DATA,
                     objects as *const FLT_RELATED_OBJECTS,
                     context as *const c_void,

@@ -11,6 +11,7 @@
 //! Only one [`Sim`] exists at a time in a process: creating one waits until the previous one is gone,
 //! because a driver's globals (its filter handle) and the simulated kernel are process-wide.
 
+mod abi;
 pub mod apc;
 pub mod bugcheck;
 mod callback;
@@ -21,18 +22,20 @@ mod instance;
 mod io;
 pub mod irql;
 pub mod kernel;
+mod names;
 pub mod pool;
 mod port;
 pub mod pushlock;
+mod query;
 pub mod registry;
 mod session;
 pub mod verifier;
 mod volume;
 mod world;
 
+pub use abi::DriverEntry;
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};
-pub use filter::DriverEntry;
 pub use port::{FLT_PORT_ALL_ACCESS, PortClient};
 pub use session::Sim;
 pub use verifier::Report;

@@ -20,6 +20,7 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 
 use crate::Sim;
+use crate::abi::{ConnectNotify, DisconnectNotify, MessageNotify};
 use crate::callback::call_at;
 use crate::irql::PASSIVE_LEVEL;
 use crate::verifier::{invalid_handle, irql_at_most, violation};
@@ -148,8 +149,10 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
             return STATUS_INVALID_PARAMETER;
         }
     };
-    if serverport.is_null() || connectnotifycallback.is_none() || disconnectnotifycallback.is_none()
-    {
+    let connect = ConnectNotify::from_driver(connectnotifycallback);
+    let disconnect = DisconnectNotify::from_driver(disconnectnotifycallback);
+    let message = MessageNotify::from_driver(messagenotifycallback);
+    if serverport.is_null() || connect.is_none() || disconnect.is_none() {
         violation(
             "fltsim: FltCreateCommunicationPort: ServerPort, ConnectNotifyCallback and \
              DisconnectNotifyCallback are required"
@@ -175,9 +178,9 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
                 _anchor: anchor,
                 name,
                 cookie: serverportcookie as usize,
-                connect: connectnotifycallback,
-                disconnect: disconnectnotifycallback,
-                message: messagenotifycallback,
+                connect,
+                disconnect,
+                message,
                 max_connections: maxconnections,
                 open: true,
                 connections: 0,
@@ -258,7 +261,7 @@ pub unsafe extern "system" fn FltCloseClientPort(filter: PFLT_FILTER, clientport
 
 /// Marks every live connection disconnected (the filter is unregistering); returns the calls to
 /// make to `DisconnectNotify`.
-pub(crate) fn disconnect_all_clients() -> Vec<(usize, PFLT_DISCONNECT_NOTIFY)> {
+pub(crate) fn disconnect_all_clients() -> Vec<(usize, Option<DisconnectNotify>)> {
     world::with(|w| {
         let mut calls = Vec::new();
         let live: Vec<isize> = w
@@ -283,12 +286,12 @@ pub(crate) fn disconnect_all_clients() -> Vec<(usize, PFLT_DISCONNECT_NOTIFY)> {
 }
 
 /// Calls `DisconnectNotify` for each connection collected by [`disconnect_all_clients`].
-pub(crate) fn notify_disconnects(calls: Vec<(usize, PFLT_DISCONNECT_NOTIFY)>) {
+pub(crate) fn notify_disconnects(calls: Vec<(usize, Option<DisconnectNotify>)>) {
     for (cookie, disconnect) in calls {
         if let Some(disconnect) = disconnect {
             call_at(PASSIVE_LEVEL, "DisconnectNotifyCallback", || {
                 // SAFETY: the driver's DisconnectNotify with the cookie its ConnectNotify returned.
-                unsafe { disconnect(cookie as *const c_void) };
+                unsafe { disconnect.call(cookie as *const c_void) };
             });
         }
     }
@@ -354,7 +357,7 @@ impl Sim {
                 // SAFETY: the driver's ConnectNotify with a live client port, its server cookie,
                 // the connection context bytes and an output cookie slot.
                 unsafe {
-                    connect(
+                    connect.call(
                         handle,
                         server_cookie as *const c_void,
                         if bytes.is_empty() {
@@ -429,7 +432,7 @@ impl PortClient<'_> {
             // SAFETY: the driver's MessageNotify with its connection cookie and buffers that stay
             // valid for the call (NULL when empty).
             unsafe {
-                message(
+                message.call(
                     cookie as *const c_void,
                     if input.is_empty() {
                         std::ptr::null()

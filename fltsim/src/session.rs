@@ -10,7 +10,8 @@ use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_FLT_DO_NOT_ATTACH, STATUS_FLT_INSTANCE_NOT_FOUND, STATUS_SUCCESS,
 };
 
-use crate::filter::{DriverEntry, DriverImage};
+use crate::abi::{DriverEntry, DriverEntryFn};
+use crate::filter::DriverImage;
 use crate::verifier::{self, Report, tag_text};
 use crate::volume::{Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
@@ -93,7 +94,7 @@ impl Sim {
             !world::with(|w| w.driver_loaded),
             "fltsim: Sim::load: a driver is already loaded (one driver per Sim)"
         );
-        let (status, image) = crate::filter::load(name, driver_entry);
+        let (status, image) = crate::filter::load(name, DriverEntryFn::host(driver_entry));
         *lock_ignoring_poison(&self.driver) = Some(image);
         status
     }

@@ -7,14 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    PFLT_CONNECT_NOTIFY, PFLT_CONTEXT_ALLOCATE_CALLBACK, PFLT_CONTEXT_CLEANUP_CALLBACK,
-    PFLT_CONTEXT_FREE_CALLBACK, PFLT_DISCONNECT_NOTIFY, PFLT_FILTER_UNLOAD_CALLBACK,
-    PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK, PFLT_INSTANCE_SETUP_CALLBACK,
-    PFLT_INSTANCE_TEARDOWN_CALLBACK, PFLT_MESSAGE_NOTIFY, PFLT_POST_OPERATION_CALLBACK,
-    PFLT_PRE_OPERATION_CALLBACK,
+use crate::abi::{
+    ConnectNotify, ContextAllocate, ContextCleanup, ContextFree, DisconnectNotify, FilterUnload,
+    InstanceQueryTeardown, InstanceSetup, InstanceTeardown, MessageNotify, PostOperation,
+    PreOperation,
 };
-
 use crate::volume::VolumeSpec;
 
 /// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
@@ -78,9 +75,9 @@ pub(crate) struct OperationEntry {
     /// `FLTFL_OPERATION_REGISTRATION_*`.
     pub flags: u32,
     /// Pre-operation callback.
-    pub pre: PFLT_PRE_OPERATION_CALLBACK,
+    pub pre: Option<PreOperation>,
     /// Post-operation callback.
-    pub post: PFLT_POST_OPERATION_CALLBACK,
+    pub post: Option<PostOperation>,
 }
 
 /// One entry of the registration's context array.
@@ -91,15 +88,15 @@ pub(crate) struct ContextEntry {
     /// `FLTFL_CONTEXT_REGISTRATION_*`.
     pub flags: u16,
     /// Called when the last reference goes.
-    pub cleanup: PFLT_CONTEXT_CLEANUP_CALLBACK,
+    pub cleanup: Option<ContextCleanup>,
     /// Size, or `FLT_VARIABLE_SIZED_CONTEXTS`.
     pub size: usize,
     /// Pool tag of the contexts' allocations.
     pub tag: u32,
     /// Optional allocator replacing the pool.
-    pub allocate: PFLT_CONTEXT_ALLOCATE_CALLBACK,
+    pub allocate: Option<ContextAllocate>,
     /// Optional free routine matching `allocate`.
-    pub free: PFLT_CONTEXT_FREE_CALLBACK,
+    pub free: Option<ContextFree>,
 }
 
 /// Where a filter is in its life.
@@ -119,11 +116,11 @@ pub(crate) struct Filter {
     pub state: FilterState,
     pub operations: HashMap<u8, OperationEntry>,
     pub contexts: Vec<ContextEntry>,
-    pub unload: PFLT_FILTER_UNLOAD_CALLBACK,
-    pub setup: PFLT_INSTANCE_SETUP_CALLBACK,
-    pub query_teardown: PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK,
-    pub teardown_start: PFLT_INSTANCE_TEARDOWN_CALLBACK,
-    pub teardown_complete: PFLT_INSTANCE_TEARDOWN_CALLBACK,
+    pub unload: Option<FilterUnload>,
+    pub setup: Option<InstanceSetup>,
+    pub query_teardown: Option<InstanceQueryTeardown>,
+    pub teardown_start: Option<InstanceTeardown>,
+    pub teardown_complete: Option<InstanceTeardown>,
 }
 
 /// A simulated volume and its file system.
@@ -181,12 +178,7 @@ pub(crate) enum PostState {
 #[derive(Clone, Copy)]
 pub(crate) struct PendingPost {
     pub state: PostState,
-    pub post: unsafe extern "system" fn(
-        *mut windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_CALLBACK_DATA,
-        *const windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_RELATED_OBJECTS,
-        *const core::ffi::c_void,
-        u32,
-    ) -> i32,
+    pub post: PostOperation,
     /// Address of the operation's `FLT_RELATED_OBJECTS`.
     pub objects: usize,
     /// The completion context the pre-op returned.
@@ -232,8 +224,8 @@ pub(crate) struct Context {
     pub tag: u32,
     pub references: usize,
     pub link: Link,
-    pub cleanup: PFLT_CONTEXT_CLEANUP_CALLBACK,
-    pub free: PFLT_CONTEXT_FREE_CALLBACK,
+    pub cleanup: Option<ContextCleanup>,
+    pub free: Option<ContextFree>,
 }
 
 /// A simulated `FILE_OBJECT`'s state, keyed by its address.
@@ -266,7 +258,7 @@ pub(crate) struct CallbackDataState {
 pub(crate) struct NameInfo {
     pub references: usize,
     /// Owns the structure and its buffer; freed when the last reference goes.
-    pub storage: crate::file::NameStorage,
+    pub storage: crate::names::NameStorage,
 }
 
 /// A communication server port.
@@ -275,9 +267,9 @@ pub(crate) struct ServerPort {
     pub _anchor: Anchor,
     pub name: String,
     pub cookie: usize,
-    pub connect: PFLT_CONNECT_NOTIFY,
-    pub disconnect: PFLT_DISCONNECT_NOTIFY,
-    pub message: PFLT_MESSAGE_NOTIFY,
+    pub connect: Option<ConnectNotify>,
+    pub disconnect: Option<DisconnectNotify>,
+    pub message: Option<MessageNotify>,
     pub max_connections: i32,
     pub open: bool,
     pub connections: usize,

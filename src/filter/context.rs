@@ -1,7 +1,7 @@
 //! Typed, reference-counted handles on Filter Manager contexts.
 //!
 //! Every `FltAllocateContext`, `FltGet*Context` and returned `OldContext` carries one reference that
-//! must be balanced by exactly one `FltReleaseContext` (kernel-facts.md, Contexts). [`ContextRef`]
+//! must be balanced by exactly one `FltReleaseContext` (`docs/kernel-rules.md`, "Contexts"). [`ContextRef`]
 //! owns one such reference and releases it when dropped, so no path can leak or double-release it.
 
 use core::marker::PhantomData;

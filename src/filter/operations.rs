@@ -129,11 +129,28 @@ fn record_open(data: &FLT_CALLBACK_DATA, instance: PFLT_INSTANCE, file: *const F
 /// The key of a file seen for the first time, or `None` for a directory (or if the file system
 /// cannot tell).
 fn file_key_unless_directory(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<FileKey> {
-    let standard = query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)?;
-    if standard.Directory {
+    if is_directory(instance, file)? {
         return None;
     }
     file_key(instance, file)
+}
+
+/// `FILE_STANDARD_INFORMATION` as the bytes the file system wrote, 8-byte aligned like the structure.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct StandardInformationBytes([u8; size_of::<FILE_STANDARD_INFORMATION>()]);
+
+/// Whether the file is a directory (`FileStandardInformation`).
+///
+/// windows-sys declares the structure's `BOOLEAN` fields as Rust `bool`s, which may only hold 0 or
+/// 1; a file system may write any nonzero byte for TRUE. So the structure is queried as bytes and
+/// its `Directory` byte compared with 0 (`docs/kernel-rules.md`, "Counting I/O").
+fn is_directory(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<bool> {
+    let bytes = query::<StandardInformationBytes>(instance, file, FileStandardInformation)?;
+    let directory = bytes
+        .0
+        .get(core::mem::offset_of!(FILE_STANDARD_INFORMATION, Directory))?;
+    Some(*directory != 0)
 }
 
 /// The file's key: the 128-bit file ID where the file system has one, else the 64-bit index number.
@@ -146,6 +163,9 @@ fn file_key(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<FileKey
 }
 
 /// `FltQueryInformationFile` for a fixed-size information class `T` (`PASSIVE_LEVEL`).
+///
+/// `T` must be valid for any bytes (integers and byte arrays only: no `bool`, no enum), since the
+/// file system writes it.
 fn query<T: Copy>(
     instance: PFLT_INSTANCE,
     file: *const FILE_OBJECT,
@@ -169,8 +189,8 @@ fn query<T: Copy>(
     if status < 0 || returned as usize != size_of::<T>() {
         return None;
     }
-    // SAFETY: the file system filled all `size_of::<T>()` bytes, and `T` is a plain C structure
-    // valid for any bytes it reports (zero-initialized before the call).
+    // SAFETY: the file system filled all `size_of::<T>()` bytes (zero-initialized before the call),
+    // and every `T` this is used with is valid for any bytes (see above).
     Some(unsafe { info.assume_init() })
 }
 

@@ -47,23 +47,28 @@ impl Loaded {
     /// iotally has no instance there.
     pub fn tallies(&self, volume: Volume) -> Option<BTreeMap<String, Counts>> {
         let instance = self.sim.instance(volume)?;
-        iotally::inspect::with_instance(instance, |view| {
-            let prefix = String::from_utf16_lossy(view.volume_name());
-            view.table()
-                .iter()
-                .map(|(_, tally)| {
-                    let name = String::from_utf16_lossy(tally.name());
-                    let relative = name.strip_prefix(&prefix).unwrap_or(&name).to_owned();
-                    (relative, tally.counts())
-                })
-                .collect()
-        })
+        // SAFETY: the instance is attached (fltsim just returned it) and nothing detaches it while
+        // the test thread reads it.
+        unsafe {
+            iotally::inspect::with_instance(instance, |view| {
+                let prefix = String::from_utf16_lossy(view.volume_name());
+                view.table()
+                    .iter()
+                    .map(|(_, tally)| {
+                        let name = String::from_utf16_lossy(tally.name());
+                        let relative = name.strip_prefix(&prefix).unwrap_or(&name).to_owned();
+                        (relative, tally.counts())
+                    })
+                    .collect()
+            })
+        }
     }
 
     /// The table statistics of `volume`'s instance.
     pub fn stats(&self, volume: Volume) -> StatsSnapshot {
         let instance = self.sim.instance(volume).expect("iotally is attached");
-        iotally::inspect::with_instance(instance, |view| view.table().stats())
+        // SAFETY: as in `tallies`.
+        unsafe { iotally::inspect::with_instance(instance, |view| view.table().stats()) }
             .expect("the instance has a context")
     }
 

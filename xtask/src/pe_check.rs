@@ -2,9 +2,9 @@
 //!
 //! [`verify`] parses the image with the `object` crate and collects every rule it breaks (see
 //! [`Failure`]) together with a [`Report`] of what it found: sizes, sections, imports, exports.
-//! The rules are those of `shared/docs/cross-build.md`: machine AMD64, subsystem NATIVE, entry point at
-//! the `DriverEntry` export, imports only from kernel modules, no `__chkstk`, no writable and
-//! executable section, no TLS, and a non-zero PE checksum that matches the file.
+//! The rules: machine AMD64, subsystem NATIVE, entry point at the `DriverEntry` export, imports only
+//! from kernel modules, no `__chkstk`, no writable and executable section, no TLS, and a non-zero PE
+//! checksum that matches the file.
 
 use std::fmt;
 

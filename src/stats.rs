@@ -1,5 +1,9 @@
 //! Per-instance statistics: one relaxed atomic counter per [`Stat`], kept beside the tally table.
 //!
+//! They are shared by the whole volume, so the tracked read and write path never writes them: they
+//! count inserts, evictions and failed allocations (under the exclusive lock) and misses (reads of a
+//! file whose entry was evicted), never hits.
+//!
 //! The statistics themselves are named once, in the protocol crate, so that the driver, the
 //! communication port and `iotallyctl` agree on them.
 

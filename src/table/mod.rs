@@ -17,9 +17,10 @@
 //!   in the driver), at most [`MAX_NAME_UNITS`] UTF-16 units each.
 //!
 //! So an entry costs 80 + 4 + 4 = 88 bytes of paged pool plus its name, and a few bytes more for
-//! the partly filled last blocks and the block tables; nothing is nonpaged. The largest single
-//! allocation is a leaf of 10,240 bytes, whatever the size of the table, up to [`CAPACITY`] (2^20)
-//! entries.
+//! the partly filled last blocks and the block tables: 88.1 bytes at a million entries, at most
+//! 92.5 from 4,096 entries up, 94.2 at 1,000 (and up to 106 just past 1,024 entries, where a new
+//! 10 KiB leaf holds a single entry). Nothing is nonpaged. The largest single allocation is a leaf
+//! of 10,240 bytes, whatever the size of the table, up to [`CAPACITY`] (2^20) entries.
 //!
 //! # Bounded work under the exclusive lock
 //! - **Insert** (a new file, with room): one name block, at most one entry leaf, at most two index

@@ -1,5 +1,5 @@
-//! Reading an instance's tallies: what a reporting path (the communication port, the host tests and
-//! the demo) uses.
+//! Reading an instance's tallies: how the host tests and the demo read a volume's table, and what a
+//! reporting path inside the driver would use.
 //!
 //! Takes the instance's table lock **shared** for the duration of the visitor, so the visitor must
 //! be short and must not call anything that can re-enter the file system. `IRQL <= APC_LEVEL`.

@@ -13,10 +13,12 @@ extern crate std;
 
 pub mod ffi;
 mod filter;
+mod flt;
 pub mod inspect;
 pub mod irql;
 pub mod log;
 pub mod pool;
+mod port;
 #[cfg(all(windows, not(feature = "wdk")))]
 mod runtime;
 
@@ -31,13 +33,29 @@ pub mod stats;
 pub mod sync;
 pub mod table;
 
+/// Bug check code of a Rust panic in iotally's cross-built image: `0xE0107A11` ("IO TALL(y)").
+///
+/// Codes with the top bits `0xE` are outside Microsoft's own bug check codes, like NTSTATUS values
+/// with the customer bit, so this one cannot be mistaken for a system bug check. The parameters are:
+///
+/// 1. address of the panicking source file's name (UTF-8, not NUL-terminated; 0 if unknown),
+/// 2. its length in bytes,
+/// 3. line,
+/// 4. column.
+///
+/// In the debugger, `!analyze -v` shows the four values; `db <param1> L<param2>` shows the file name.
+/// The panic message is not passed: formatting it could itself fail.
+pub const PANIC_BUGCHECK_CODE: u32 = 0xE010_7A11;
+
 use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
 use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 
 /// The driver's entry point, called once by the I/O manager at `PASSIVE_LEVEL` when the driver loads.
 ///
-/// Registers the minifilter with Filter Manager and starts filtering; on any failure nothing stays
-/// registered and the failure status is returned, so the load fails cleanly.
+/// Reads the settings (through `IoOpenDriverRegistryKey`: `RegistryPath` is not used, as driver
+/// package isolation asks), registers the minifilter with Filter Manager and starts filtering; on
+/// any failure nothing stays registered and the failure status is returned, so the load fails
+/// cleanly.
 ///
 /// # Safety
 /// `driver` must be the driver object the I/O manager passes to a driver entry point; it must stay
@@ -45,7 +63,7 @@ use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn DriverEntry(
     driver: *mut DRIVER_OBJECT,
-    registry_path: *const UNICODE_STRING,
+    _registry_path: *const UNICODE_STRING,
 ) -> NTSTATUS {
-    filter::load(driver, registry_path)
+    filter::load(driver)
 }

@@ -1,8 +1,8 @@
 //! Per-instance statistics: one relaxed atomic counter per [`Stat`], kept beside the tally table.
 //!
-//! They are shared by the whole volume, so the tracked read and write path never writes them: they
-//! count inserts, evictions and failed allocations (under the exclusive lock) and misses (reads of a
-//! file whose entry was evicted), never hits.
+//! They are shared by the whole volume, so a tracked read or write never writes them: they count
+//! inserts, evictions and failed allocations (under the exclusive lock) and requests that are *not*
+//! tracked (misses, untracked requests), never hits.
 //!
 //! The statistics themselves are named once, in the protocol crate, so that the driver, the
 //! communication port and `iotallyctl` agree on them.
@@ -24,6 +24,13 @@ impl Stats {
     /// Adds `n` to `stat`.
     pub fn add(&self, stat: Stat, n: u64) {
         self.0[stat.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets every counter back to 0 (a reset of the instance's tallies).
+    pub fn reset(&self) {
+        for counter in &self.0 {
+            counter.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A copy of every counter.

@@ -10,6 +10,7 @@ use windows_sys::Win32::Foundation::{STATUS_FLT_INSTANCE_NOT_FOUND, STATUS_SUCCE
 #[test]
 fn load_and_unload_register_and_unregister_exactly_once() {
     let sim = Sim::new();
+    common::install();
     assert_eq!(sim.load("iotally", iotally::DriverEntry), STATUS_SUCCESS);
     assert!(sim.filter().is_some());
     let logged = fltsim::kernel::debug_log();
@@ -125,6 +126,7 @@ fn max_entries_comes_from_the_registry() {
         ),
     ] {
         let sim = Sim::new();
+        common::install();
         if let Some(value) = value.clone() {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", value);
         }

@@ -13,7 +13,28 @@ use crate::verifier::violation;
 /// Records `APC_INDEX_MISMATCH` if the callback returned with more normal kernel APC disables than
 /// it started with (a push lock still held), and `IRQL_NOT_LESS_OR_EQUAL`-style mismatch if it
 /// returned at another IRQL.
-pub(crate) fn call_at<R>(irql: u8, name: &str, callback: impl FnOnce() -> R) -> R {
+pub(crate) fn call_at<R>(irql: u8, name: &'static str, callback: impl FnOnce() -> R) -> R {
+    run(None, irql, name, callback)
+}
+
+/// [`call_at`] for an operation callback of `instance`: while it runs, a teardown of the instance
+/// waits for this thread (which the wait-for graph of [`crate::hang`] knows).
+pub(crate) fn call_for<R>(
+    instance: isize,
+    irql: u8,
+    name: &'static str,
+    callback: impl FnOnce() -> R,
+) -> R {
+    run(Some(instance), irql, name, callback)
+}
+
+fn run<R>(
+    instance: Option<isize>,
+    irql: u8,
+    name: &'static str,
+    callback: impl FnOnce() -> R,
+) -> R {
+    let _running = crate::hang::InCallback::enter(name, instance);
     let _raised = (irql > crate::irql::current()).then(|| crate::irql::raise(irql));
     let apcs_before = crate::apc::normal_kernel_apcs_disabled();
     let level_before = crate::irql::current();

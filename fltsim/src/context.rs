@@ -14,19 +14,20 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CONTEXT_END, FLT_FILE_CONTEXT, FLT_INSTANCE_CONTEXT, FLT_SECTION_CONTEXT,
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_SET_CONTEXT_OPERATION, FLT_SET_CONTEXT_REPLACE_IF_EXISTS,
     FLT_STREAM_CONTEXT, FLT_STREAMHANDLE_CONTEXT, FLT_TRANSACTION_CONTEXT, FLT_VOLUME_CONTEXT,
-    FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
+    PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND, STATUS_FLT_CONTEXT_ALREADY_DEFINED,
     STATUS_FLT_CONTEXT_ALREADY_LINKED, STATUS_FLT_DELETING_OBJECT, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_PARAMETER, STATUS_NOT_FOUND, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+    STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER, STATUS_NOT_FOUND, STATUS_NOT_SUPPORTED,
+    STATUS_SUCCESS,
 };
 
 use crate::abi::{ContextCleanup, ContextFree};
 use crate::callback::call_at;
 use crate::irql::{APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
-use crate::world::{self, Context, FilterState, InstanceState, Link, World};
+use crate::world::{self, Context, ContextEntry, FilterState, InstanceState, Link, World};
 
 /// `FLT_VARIABLE_SIZED_CONTEXTS` (fltkernel.h: `(SIZE_T)-1`; windows-sys does not carry it).
 pub const FLT_VARIABLE_SIZED_CONTEXTS: usize = usize::MAX;
@@ -142,7 +143,21 @@ fn pool_is_paged(pool_type: POOL_TYPE) -> Option<bool> {
     }
 }
 
-/// `FltAllocateContext`. IRQL <= `APC_LEVEL` for paged pool, <= `DISPATCH_LEVEL` for nonpaged.
+/// `FltAllocateContext` ("`FltAllocateContext` function (fltkernel.h)"). IRQL <= `APC_LEVEL`, whatever
+/// the pool.
+///
+/// - `Filter` must be the registered filter: NULL (a driver that cleared its global handle while
+///   callbacks still run) or a stale handle is reported; once `FltUnregisterFilter` has begun, the
+///   filter "is being torn down" and the call returns `STATUS_FLT_DELETING_OBJECT`.
+/// - `ContextSize` must be non-zero (reported) and at most `MAXUSHORT` (`STATUS_INVALID_BUFFER_SIZE`);
+///   a fixed-size registration serves any size up to its `Size`, a larger one gets
+///   `STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND`, as does a type that was not registered.
+/// - Volume contexts come from nonpaged pool only (reported).
+/// - The memory is not zeroed: the page says fixed-size contexts come from lookaside lists and
+///   "can't be assumed to be zeroed", and that before Windows 11 no context is zeroed. fltsim fills
+///   every context it allocates with [`crate::pool::UNINITIALIZED_FILL`], so a driver that reads a
+///   field it did not write sees garbage, not a convenient zero. A registration's own
+///   `ContextAllocateCallback` returns whatever it returns.
 ///
 /// # Safety
 /// `returnedcontext` must be valid for a write.
@@ -154,23 +169,35 @@ pub unsafe extern "system" fn FltAllocateContext(
     pooltype: POOL_TYPE,
     returnedcontext: *mut PFLT_CONTEXT,
 ) -> NTSTATUS {
+    crate::pause::on_call("FltAllocateContext");
+    if !irql_at_most("FltAllocateContext", APC_LEVEL) {
+        return STATUS_INVALID_PARAMETER;
+    }
     let Some(paged) = pool_is_paged(pooltype) else {
         violation(format!(
             "fltsim: FltAllocateContext: pool type {pooltype} is not PagedPool or NonPagedPool(Nx)"
         ));
         return STATUS_INVALID_PARAMETER;
     };
-    let ceiling = if paged { APC_LEVEL } else { DISPATCH_LEVEL };
-    if !irql_at_most("FltAllocateContext", ceiling) {
-        return STATUS_INVALID_PARAMETER;
-    }
     if returnedcontext.is_null() {
         violation("fltsim: FltAllocateContext: ReturnedContext is NULL".into());
+        return STATUS_INVALID_PARAMETER;
+    }
+    if filter == 0 {
+        violation(
+            "fltsim: FltAllocateContext: Filter is NULL (Filter Manager dereferences it: a bugcheck \
+             on Windows; a callback must use FltObjects->Filter, and a global filter handle must stay \
+             valid until FltUnregisterFilter returns)"
+                .into(),
+        );
         return STATUS_INVALID_PARAMETER;
     }
     if contextsize == 0 {
         violation("fltsim: FltAllocateContext: ContextSize is 0".into());
         return STATUS_INVALID_PARAMETER;
+    }
+    if contextsize > usize::from(u16::MAX) {
+        return STATUS_INVALID_BUFFER_SIZE;
     }
     if paged && u32::from(contexttype) == FLT_VOLUME_CONTEXT {
         violation(
@@ -181,24 +208,22 @@ pub unsafe extern "system" fn FltAllocateContext(
     }
     let entry = world::with(|w| {
         let f = w.filter_by_handle(filter)?;
-        if f.state == FilterState::Unregistered {
-            return None;
-        }
-        Some(f.contexts.iter().copied().find(|e| {
-            e.context_type == contexttype
-                && (e.size == FLT_VARIABLE_SIZED_CONTEXTS
-                    || e.size == contextsize
-                    || (u32::from(e.flags) & FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH != 0
-                        && contextsize <= e.size)
-                    || e.allocate.is_some())
-        }))
+        Some(match f.state {
+            FilterState::Unregistered => None,
+            FilterState::Unregistering => Some(Err(STATUS_FLT_DELETING_OBJECT)),
+            FilterState::Registered | FilterState::Started => Some(
+                registration_for(&f.contexts, contexttype, contextsize)
+                    .ok_or(STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND),
+            ),
+        })
     });
-    let Some(entry) = entry else {
-        invalid_handle("FltAllocateContext", "filter", filter);
-        return STATUS_INVALID_PARAMETER;
-    };
-    let Some(entry) = entry else {
-        return STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND;
+    let entry = match entry {
+        Some(Some(Ok(entry))) => entry,
+        Some(Some(Err(status))) => return status,
+        Some(None) | None => {
+            invalid_handle("FltAllocateContext", "filter", filter);
+            return STATUS_INVALID_PARAMETER;
+        }
     };
     let pointer = if let Some(allocate) = entry.allocate {
         // SAFETY: the registration's allocate routine with its documented arguments.
@@ -209,7 +234,11 @@ pub unsafe extern "system" fn FltAllocateContext(
         } else {
             crate::pool::POOL_FLAG_NON_PAGED
         };
-        crate::pool::allocate(flags, contextsize, entry.tag)
+        crate::pool::allocate(
+            flags | crate::pool::POOL_FLAG_UNINITIALIZED,
+            contextsize,
+            entry.tag,
+        )
     };
     if pointer.is_null() {
         return STATUS_INSUFFICIENT_RESOURCES;
@@ -231,6 +260,23 @@ pub unsafe extern "system" fn FltAllocateContext(
     // SAFETY: checked non-null above; the caller's output variable.
     unsafe { returnedcontext.write(pointer) };
     STATUS_SUCCESS
+}
+
+/// The registration entry that serves a `size`-byte context of `context_type`: the type's
+/// `ContextAllocateCallback` entry, its variable-size entry, or the smallest fixed-size entry whose
+/// `Size` is at least `size` ("`FltAllocateContext` function (fltkernel.h)": for fixed-size contexts
+/// `ContextSize` "must be less than or equal to the Size specified").
+fn registration_for(
+    entries: &[ContextEntry],
+    context_type: u16,
+    size: usize,
+) -> Option<ContextEntry> {
+    let of_type = || entries.iter().filter(|e| e.context_type == context_type);
+    of_type()
+        .find(|e| e.allocate.is_some())
+        .or_else(|| of_type().find(|e| e.size == FLT_VARIABLE_SIZED_CONTEXTS))
+        .or_else(|| of_type().filter(|e| e.size >= size).min_by_key(|e| e.size))
+        .copied()
 }
 
 /// `FltReferenceContext`: one more reference. IRQL <= `DISPATCH_LEVEL`.
@@ -269,7 +315,7 @@ pub unsafe extern "system" fn FltReleaseContext(context: PFLT_CONTEXT) {
         ));
         return;
     };
-    if paged && crate::irql::current() > APC_LEVEL {
+    if paged && crate::irql::current() > APC_LEVEL && crate::verifier::irql_checks() {
         violation(format!(
             "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleaseContext of a paged context at IRQL {}: \
              paged contexts may only be released at IRQL <= APC_LEVEL",
@@ -571,13 +617,12 @@ pub unsafe extern "system" fn FltGetStreamContext(
 /// either keeps the stream alive or finds it gone with its contexts. Finish the returned contexts
 /// with [`finish`] once the state lock is released.
 pub(crate) fn stream_closed(w: &mut World, volume: isize, stream: u128) -> Vec<Dying> {
-    let addresses: Vec<usize> = w
-        .instances
-        .values()
-        .filter(|i| i.volume == volume)
-        .filter_map(|i| i.stream_contexts.get(&stream).copied())
-        .collect();
-    addresses.into_iter().filter_map(|a| unlink(w, a)).collect()
+    // Only the volume's live instance can hold stream contexts: a gone one had them all deleted.
+    let address = w
+        .instance_on(volume)
+        .and_then(|i| w.instances.get(&i))
+        .and_then(|i| i.stream_contexts.get(&stream).copied());
+    address.and_then(|a| unlink(w, a)).into_iter().collect()
 }
 
 /// Deletes every context linked to `instance` (teardown complete, or setup failed).

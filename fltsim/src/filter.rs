@@ -26,6 +26,7 @@ use crate::abi::{
 };
 use crate::callback::{call_at, hex};
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
+use crate::pause::Point;
 use crate::verifier::{irql_at_most, violation};
 use crate::world::{self, Anchor, ContextEntry, Filter, FilterState, OperationEntry};
 
@@ -58,10 +59,25 @@ pub unsafe extern "system" fn FltRegisterFilter(
     }
     // SAFETY: non-null, and the caller passes its FLT_REGISTRATION, valid for the call.
     let registration = unsafe { &*registration };
-    let filter = match parse_registration(registration) {
+    let mut filter = match parse_registration(registration) {
         Ok(filter) => filter,
         Err(status) => return status,
     };
+    // Filter Manager reads the service's instance definitions and features from the registry: no
+    // service key or no registered instance is STATUS_OBJECT_NAME_NOT_FOUND (`docs/kernel-rules.md`,
+    // "Registration and unload"; "FltRegisterFilter function (fltkernel.h)").
+    // SAFETY: checked non-null; the caller passes its driver object.
+    let Some(service) = (unsafe { crate::service::service_of(driver) }) else {
+        violation("fltsim: FltRegisterFilter: Driver is not a loaded driver's object".into());
+        return STATUS_INVALID_PARAMETER;
+    };
+    match crate::service::filter_settings(&service) {
+        Ok(settings) => {
+            filter.supported_features = settings.supported_features;
+            filter.service = service;
+        }
+        Err(status) => return status,
+    }
     let handle = filter.anchor.handle();
     let accepted = world::with(|w| {
         if w.filter
@@ -111,6 +127,9 @@ fn parse_registration(registration: &FLT_REGISTRATION) -> Result<Filter, NTSTATU
         teardown_complete: InstanceTeardown::from_driver(
             registration.InstanceTeardownCompleteCallback,
         ),
+        flags: registration.Flags,
+        supported_features: 0,
+        service: String::new(),
     })
 }
 
@@ -191,7 +210,6 @@ unsafe fn parse_contexts(
         }
         contexts.push(ContextEntry {
             context_type: entry.ContextType,
-            flags: entry.Flags,
             cleanup: ContextCleanup::from_driver(entry.ContextCleanupCallback),
             size: entry.Size,
             tag: entry.PoolTag,
@@ -252,6 +270,13 @@ pub unsafe extern "system" fn FltStartFiltering(filter: PFLT_FILTER) -> NTSTATUS
 /// Call it exactly once. With a communication server port still open it would hang on Windows:
 /// fltsim reports that and does not unregister.
 ///
+/// On entry the thread passes [`Point::Unregister`], where a test can stop it while operations and
+/// mounts still reach the filter. Then the filter is being torn down ("`FltUnregisterFilter` function
+/// (fltkernel.h)"): instances are torn down one by one, each receiving operations until its own
+/// teardown starts; volumes mounted from then on are not offered to the filter; and
+/// `FltAllocateContext` returns `STATUS_FLT_DELETING_OBJECT` ("`FltAllocateContext` function
+/// (fltkernel.h)": the filter "is being torn down").
+///
 /// # Safety
 /// None beyond the routine's contract; an unknown handle is reported.
 #[unsafe(no_mangle)]
@@ -265,7 +290,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
             crate::verifier::invalid_handle("FltUnregisterFilter", "filter", filter);
             return;
         }
-        Some(FilterState::Unregistered) => {
+        Some(FilterState::Unregistered | FilterState::Unregistering) => {
             violation(
                 "fltsim: FltUnregisterFilter called twice for the same filter (call it exactly once)"
                     .into(),
@@ -274,6 +299,7 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         }
         Some(_) => {}
     }
+    crate::pause::reach(Point::Unregister);
     let open_ports: Vec<String> = world::with(|w| {
         w.server_ports
             .values()
@@ -289,6 +315,9 @@ pub unsafe extern "system" fn FltUnregisterFilter(filter: PFLT_FILTER) {
         return;
     }
     let (instances, mandatory) = world::with(|w| {
+        if let Some(f) = w.filter_by_handle(filter) {
+            f.state = FilterState::Unregistering;
+        }
         let mut instances: Vec<isize> = w
             .instances
             .iter()

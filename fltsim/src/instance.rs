@@ -12,13 +12,16 @@ use std::ptr;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_POSTOP_FINISHED_PROCESSING, FLT_RELATED_OBJECTS,
     FLTFL_INSTANCE_TEARDOWN_MANUAL, FLTFL_POST_OPERATION_DRAINING,
+    FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME,
 };
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_FLT_DO_NOT_DETACH, STATUS_SUCCESS};
 
 use crate::callback::{call_at, hex, related_objects};
 use crate::irql::PASSIVE_LEVEL;
+use crate::pause::Point;
 use crate::verifier::violation;
-use crate::world::{self, FilterState, Instance, InstanceState, PostState};
+use crate::volume::Volume;
+use crate::world::{self, FilterState, Instance, InstanceState, PostState, Wait};
 
 /// Runs `InstanceSetup` for `volume` with `flags`; attaches the instance if it succeeds.
 pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
@@ -29,12 +32,22 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
             .filter(|f| f.state == FilterState::Started)?;
         let callback = filter.setup;
         let filter_handle = filter.anchor.handle();
+        let supports_dax = filter.flags & FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME != 0;
         let spec = w.volume(volume).filter(|v| !v.removed)?.spec.clone();
+        // Filter Manager attaches to a direct-access volume only filters that registered
+        // FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME (`docs/kernel-rules.md`, "Registration and unload";
+        // "FLT_REGISTRATION structure (fltkernel.h)").
+        if spec.dax && !supports_dax {
+            return None;
+        }
         if w.instance_on(volume).is_some() {
             return None;
         }
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
+        if let Some(v) = w.volume(volume) {
+            v.instance = Some(handle);
+        }
         w.instances.insert(
             handle,
             Instance {
@@ -134,6 +147,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
             unsafe { start.call(&raw const objects, reason) };
         });
     }
+    crate::pause::reach(Point::TeardownStarted(Volume(volume)));
     drain(instance);
     if let Some(complete) = complete {
         call_at(PASSIVE_LEVEL, "InstanceTeardownCompleteCallback", || {
@@ -141,6 +155,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
             unsafe { complete.call(&raw const objects, reason) };
         });
     }
+    crate::objects::wait_for_rundown(instance);
     crate::context::instance_gone(instance);
     world::with(|w| {
         if let Some(i) = w.instances.get_mut(&instance) {
@@ -153,7 +168,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
 /// Waits for running callbacks and pended pre-ops of `instance`, then calls every owed post-op
 /// with `FLTFL_POST_OPERATION_DRAINING`.
 fn drain(instance: isize) {
-    let owed = world::wait_for(|w| {
+    let owed = world::wait_for(&Wait::Drain { instance }, |w| {
         let i = w.instances.get_mut(&instance)?;
         if i.active > 0 {
             return None;

@@ -24,11 +24,11 @@ use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CREATE, IRP_NOCACHE, IRP_P
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_PENDING};
 
 use crate::abi::{PostOperation, PreOperation};
-use crate::callback::{call_at, hex, related_objects};
+use crate::callback::{call_at, call_for, hex, related_objects};
 use crate::irql::{APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{irql_at_most, violation};
 use crate::world::{
-    self, CallbackDataState, FilterState, InstanceState, PendingPost, PostIrql, PostState,
+    self, CallbackDataState, FilterState, InstanceState, PendingPost, PostIrql, PostState, Wait,
 };
 
 /// `UserMode` (`KPROCESSOR_MODE`).
@@ -84,7 +84,7 @@ fn filtering_for(op: &Operation) -> Option<Filtering> {
         let filter = w
             .filter
             .as_ref()
-            .filter(|f| f.state == FilterState::Started)?;
+            .filter(|f| matches!(f.state, FilterState::Started | FilterState::Unregistering))?;
         let entry = *filter.operations.get(&op.major)?;
         let filter_handle = filter.anchor.handle();
         let paging = op.irp_flags & IRP_PAGING_IO != 0;
@@ -138,7 +138,7 @@ fn file_system_gate() {
     });
     if held {
         world::notify();
-        world::wait_for(|w| (!w.hold_io).then(|| w.held -= 1));
+        world::wait_for(&Wait::HeldIo, |w| (!w.hold_io).then(|| w.held -= 1));
     }
 }
 
@@ -217,7 +217,7 @@ fn run(
     // The filter may complete a pended operation from another thread before its pre-op returns.
     world::with(|w| w.pended.insert(data as usize, None));
     let mut verdict = match filtering.pre {
-        Some(pre) => call_at(pre_irql, "PreOperationCallback", || {
+        Some(pre) => call_for(filtering.instance, pre_irql, "PreOperationCallback", || {
             // SAFETY: the driver's pre-op with callback data, related objects and a context slot
             // that stay valid for the call.
             unsafe { pre.call(data, objects, &raw mut completion_context) }
@@ -337,7 +337,7 @@ fn complete(
             state.status = status;
         }
     });
-    let result = call_at(pending.irql, "PostOperationCallback", || {
+    let result = call_for(instance, pending.irql, "PostOperationCallback", || {
         // SAFETY: the driver's post-op with this operation's live callback data, related objects
         // and the completion context its pre-op returned.
         unsafe {
@@ -371,13 +371,15 @@ fn complete(
 /// The instance keeps counting the operation as active meanwhile, so a teardown waits for the
 /// filter to complete it (as Filter Manager's does).
 fn wait_for_completion(data: *mut FLT_CALLBACK_DATA) -> (FLT_PREOP_CALLBACK_STATUS, *mut c_void) {
-    let (status, context) = world::wait_for(|w| match w.pended.get(&(data as usize)) {
-        Some(Some(done)) => {
-            let done = *done;
-            w.pended.remove(&(data as usize));
-            Some(done)
+    let (status, context) = world::wait_for(&Wait::PendedPreOp, |w| {
+        match w.pended.get(&(data as usize)) {
+            Some(Some(done)) => {
+                let done = *done;
+                w.pended.remove(&(data as usize));
+                Some(done)
+            }
+            _ => None,
         }
-        _ => None,
     });
     let allowed = [
         FLT_PREOP_SUCCESS_WITH_CALLBACK,
@@ -434,7 +436,7 @@ fn run_file_system(
 
 /// Takes the right to run the post-op of `data`; `false` if a draining teardown called it.
 fn claim_post(instance: isize, data: usize) -> bool {
-    world::wait_for(|w| {
+    world::wait_for(&Wait::DrainingPost { instance }, |w| {
         let i = w.instances.get_mut(&instance)?;
         let Some(post) = i.posts.get_mut(&data) else {
             return Some(false);

@@ -150,10 +150,10 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     }
     let names = world::with(|w| {
         let fo = w.file_objects.get(&state.file_object)?;
-        let (volume, stream, opened_path) = (fo.volume, fo.stream, fo.path.clone());
+        let (volume, node, opened_path) = (fo.volume, fo.node, fo.path.clone());
         let v = w.volume(volume)?;
-        let stored = stream
-            .and_then(|id| v.files.values().find(|f| f.id == id))
+        let stored = node
+            .and_then(|key| v.files.node(key))
             .map(|f| f.path.clone());
         Some((v.spec.name.clone(), opened_path, stored))
     });

@@ -12,8 +12,9 @@ use windows_sys::Win32::Foundation::{
 
 use crate::abi::{DriverEntry, DriverEntryFn};
 use crate::filter::DriverImage;
+use crate::image::{ImageError, ImageOptions, LoadedImage};
 use crate::verifier::{self, Report, tag_text};
-use crate::volume::{Volume, VolumeSpec};
+use crate::volume::{FastIo, Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
 
 /// Serializes simulations: the simulated kernel and a loaded driver's globals are process-wide.
@@ -29,6 +30,7 @@ static SESSION: Mutex<()> = Mutex::new(());
 pub struct Sim {
     _session: MutexGuard<'static, ()>,
     driver: Mutex<Option<DriverImage>>,
+    image: Mutex<Option<LoadedImage>>,
     last_unload_report: Mutex<Option<Report>>,
 }
 
@@ -62,11 +64,16 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::usermem::reset();
+        crate::service::reset();
+        crate::hang::reset();
+        crate::pause::reset();
         world::reset();
         verifier::reset();
         Self {
             _session: guard,
             driver: Mutex::new(None),
+            image: Mutex::new(None),
             last_unload_report: Mutex::new(None),
         }
     }
@@ -99,6 +106,43 @@ impl Sim {
         status
     }
 
+    /// Loads a driver from its image file (a cross-built `.sys`), as Windows would: maps, relocates
+    /// and protects the image, binds its imports to fltsim's routines, then calls its `DriverEntry`
+    /// (through the Windows x64 calling convention) like [`Sim::load`] does. Returns the status of
+    /// `DriverEntry`. x86-64 Linux only (see [`crate::image`]).
+    ///
+    /// The image stays mapped until the `Sim` ends. When the driver unloads (or `DriverEntry`
+    /// fails), its pages become inaccessible, so that a call into the unloaded driver stops the
+    /// process, as it would bugcheck Windows.
+    ///
+    /// # Errors
+    /// [`ImageError`] when the image cannot be loaded: an unsupported host, an unreadable or
+    /// malformed file, or an import fltsim does not provide (named in the error). `DriverEntry` has
+    /// not run then.
+    ///
+    /// # Panics
+    /// If a driver is already loaded, or the driver broke a rule.
+    pub fn load_image(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        options: ImageOptions,
+    ) -> Result<NTSTATUS, ImageError> {
+        let _exit = checked();
+        assert!(
+            !world::with(|w| w.driver_loaded),
+            "fltsim: Sim::load_image: a driver is already loaded (one driver per Sim)"
+        );
+        let image = LoadedImage::load(name, path, options)?;
+        let (status, object) = crate::filter::load(name, DriverEntryFn::image(image.entry()));
+        if status < 0 {
+            image.retire();
+        }
+        *lock_ignoring_poison(&self.driver) = Some(object);
+        *lock_ignoring_poison(&self.image) = Some(image);
+        Ok(status)
+    }
+
     /// Unloads the driver as `fltmc unload` (`mandatory == false`) or a service stop / system
     /// shutdown (`mandatory == true`) would: calls `FilterUnload` with `FLTFL_FILTER_UNLOAD_MANDATORY`
     /// or 0 and returns its status.
@@ -114,6 +158,11 @@ impl Sim {
     pub fn unload(&self, mandatory: bool) -> NTSTATUS {
         let _exit = checked();
         let status = crate::filter::unload(mandatory);
+        if !self.driver_loaded()
+            && let Some(image) = lock_ignoring_poison(&self.image).as_ref()
+        {
+            image.retire();
+        }
         if status >= 0 && !verifier::pending() {
             let report = build_report();
             if !report.is_clean() {
@@ -151,13 +200,16 @@ impl Sim {
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
         world::with(|w| {
-            w.volumes.push(world::Volume {
+            w.add_volume(world::Volume {
                 anchor,
+                files: crate::fs::Namespace::new(spec.file_system),
                 spec,
                 removed: false,
-                files: std::collections::HashMap::new(),
-                next_id: 0x10_0000_0000_0005,
                 open_streams: std::collections::HashMap::new(),
+                instance: None,
+                locks: std::collections::HashMap::new(),
+                fast_io: crate::volume::FastIo::Possible,
+                fast_io_rng: 0,
             });
         });
         crate::instance::setup(
@@ -243,6 +295,31 @@ impl Sim {
         world::with(|w| w.post_irql = irql);
     }
 
+    /// Turns the IRQL checks of the simulated routines off (`false`) or back on (`true`, the
+    /// default; every new `Sim` starts with them on).
+    ///
+    /// With checks on, a Filter Manager or kernel routine called above its documented ceiling is a
+    /// rule violation, as Driver Verifier and Filter Verifier report it. With them off, fltsim is a
+    /// machine without Verifier: the call goes through, as it does on Windows as long as the paged
+    /// memory it touches happens to be resident, so a driver's mistake stays hidden. That is the
+    /// setting in which a driver's own IRQL assertions (in its debug build) are the only thing that
+    /// catches the mistake: use it to test them. Pool's own `BAD_POOL_CALLER` checks stay on.
+    pub fn set_irql_checks(&self, enabled: bool) {
+        verifier::set_irql_checks(enabled);
+    }
+
+    /// Chooses when `volume`'s file system refuses fast I/O beyond the cases it always refuses
+    /// (a file object not cached yet, a conflicting byte-range lock); see [`FastIo`]. A refused
+    /// fast read or write is reissued as an IRP, as the I/O manager does.
+    pub fn set_fast_io(&self, volume: Volume, fast_io: FastIo) {
+        world::with(|w| {
+            if let Some(v) = w.volume(volume.0) {
+                v.fast_io = fast_io;
+                v.fast_io_rng = 0;
+            }
+        });
+    }
+
     /// From now on, operations that reach the file system wait there until [`Sim::release_io`]:
     /// the way to have I/O in flight while a volume detaches or the driver unloads.
     pub fn hold_io(&self) {
@@ -257,7 +334,9 @@ impl Sim {
 
     /// Waits until at least `count` operations are held in the file system.
     pub fn wait_for_held_io(&self, count: usize) {
-        world::wait_for(|w| (w.held >= count).then_some(()));
+        world::wait_for(&world::Wait::HeldIoCount(count), |w| {
+            (w.held >= count).then_some(())
+        });
     }
 }
 
@@ -269,6 +348,9 @@ impl Default for Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        // Unmapped before the session ends, so that the next session starts with no image of this
+        // one registered.
+        drop(lock_ignoring_poison(&self.image).take());
         if world::with(|w| w.driver_loaded) {
             eprintln!(
                 "fltsim: the Sim ends with the driver still loaded\n{}",
@@ -347,6 +429,12 @@ pub(crate) fn build_report() -> Report {
         if push_locks > 0 {
             lines.push(format!(
                 "push locks never deleted: {push_locks} initialized without FltDeletePushLock"
+            ));
+        }
+        for (handle, references) in crate::objects::outstanding() {
+            lines.push(format!(
+                "rundown references never released: {references} on object {handle:#x} \
+                 (FltObjectReference or FltEnumerateInstances without FltObjectDereference)"
             ));
         }
         for key in crate::registry::open_handles() {

@@ -23,7 +23,8 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND, STATUS_FLT_CONTEXT_ALREADY_DEFINED,
     STATUS_FLT_CONTEXT_ALREADY_LINKED, STATUS_FLT_DELETING_OBJECT, STATUS_FLT_DO_NOT_ATTACH,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_FOUND, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_BUFFER_SIZE, STATUS_NOT_FOUND,
+    STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
 };
 
 fn ntfs(sim: &Sim) -> Volume {
@@ -200,10 +201,11 @@ fn setting_a_context_during_teardown_fails_with_deleting_object() {
         })),
         ..Config::default()
     });
-    ntfs(&sim);
+    let volume = ntfs(&sim);
     assert_eq!(sim.load("testflt", driver_entry), STATUS_SUCCESS);
-    assert_eq!(sim.unload(false), STATUS_SUCCESS);
+    assert_eq!(sim.detach(volume), STATUS_SUCCESS);
     assert_eq!(*seen.lock().unwrap(), Some(STATUS_FLT_DELETING_OBJECT));
+    assert_eq!(sim.unload(false), STATUS_SUCCESS);
     sim.verifier_report().assert_clean();
 }
 
@@ -510,11 +512,19 @@ fn allocation_follows_the_registration() {
     );
     let (status, variable) = allocate_sized(FLT_STREAM_CONTEXT, 1000);
     assert_eq!(status, STATUS_SUCCESS);
-    // SAFETY: the context holds 1000 zeroed bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(variable.cast::<u8>(), 1000) };
-    assert!(bytes.iter().all(|&b| b == 0));
     assert!(fltsim::pool::outstanding().contains(&(STREAM_TAG, 1000, 1)));
     release(variable);
+    let (status, smaller) = allocate_sized(FLT_INSTANCE_CONTEXT, CONTEXT_SIZE / 2);
+    assert_eq!(
+        status, STATUS_SUCCESS,
+        "a fixed-size registration serves smaller sizes"
+    );
+    release(smaller);
+    assert_eq!(
+        allocate_sized(FLT_STREAM_CONTEXT, 0x1_0000).0,
+        STATUS_INVALID_BUFFER_SIZE,
+        "ContextSize is at most MAXUSHORT"
+    );
     set_fault_injection(FaultPlan::EveryNth {
         n: 1,
         tag: Some(STREAM_TAG),

@@ -7,10 +7,10 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use crate::flt::{FltGetInstanceContext, FltGetStreamContext, FltReleaseContext};
 use windows_sys::Wdk::Foundation::FILE_OBJECT;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT, FltGetInstanceContext, FltGetStreamContext,
-    FltReleaseContext, PFLT_CONTEXT, PFLT_INSTANCE,
+    FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT, PFLT_CONTEXT, PFLT_INSTANCE,
 };
 
 /// A context type iotally registers, with the `FLT_*_CONTEXT` value it is registered under.

@@ -8,10 +8,13 @@
 
 use core::ptr::{self, NonNull};
 
+use crate::flt::{
+    FltAllocateContext, FltGetVolumeName, FltIsVolumeWritable, FltSetInstanceContext,
+};
 use windows_sys::Wdk::Foundation::PagedPool;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FLT_INSTANCE_CONTEXT, FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS, FltAllocateContext,
-    FltGetVolumeName, FltIsVolumeWritable, FltSetInstanceContext, PFLT_CONTEXT, PFLT_VOLUME,
+    FLT_INSTANCE_CONTEXT, FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS, PFLT_CONTEXT,
+    PFLT_FILTER, PFLT_VOLUME,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_FLT_DO_NOT_ATTACH, STATUS_INSUFFICIENT_RESOURCES,
@@ -83,7 +86,7 @@ pub(super) unsafe extern "system" fn setup(
     if !wanted(device_type, fs_type) || !is_writable(objects.Volume) {
         return STATUS_FLT_DO_NOT_ATTACH;
     }
-    let context = match allocate(objects.Volume) {
+    let context = match allocate(objects.Filter, objects.Volume) {
         Ok(context) => context,
         Err(status) => {
             crate::log_error!("instance setup failed: {status:#x}");
@@ -160,16 +163,20 @@ fn volume_name(
     Ok(name)
 }
 
-/// Makes a fully initialized instance context for `volume`.
-fn allocate(volume: PFLT_VOLUME) -> Result<ContextRef<InstanceContext>, NTSTATUS> {
+/// Makes a fully initialized instance context for `volume`, allocated for `filter` (the setup's
+/// `FltObjects->Filter`).
+fn allocate(
+    filter: PFLT_FILTER,
+    volume: PFLT_VOLUME,
+) -> Result<ContextRef<InstanceContext>, NTSTATUS> {
     let name = volume_name(volume)?;
     let max_entries = super::config::max_entries_per_instance();
     let mut raw: PFLT_CONTEXT = ptr::null_mut();
-    // SAFETY: the filter handle is registered while callbacks run; instance contexts are declared
-    // in the registration with this size, in paged pool.
+    // SAFETY: `filter` is the setup's own filter, valid while the callback runs; instance contexts
+    // are declared in the registration with this size, in paged pool.
     let status = unsafe {
         FltAllocateContext(
-            super::filter_handle(),
+            filter,
             InstanceContext::TYPE,
             size_of::<InstanceContext>(),
             PagedPool,

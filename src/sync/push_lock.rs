@@ -102,12 +102,12 @@ use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
 use core::ptr::NonNull;
 
-use allocator_api2::alloc::{AllocError, Allocator};
-use allocator_api2::boxed::Box;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+use crate::flt::{
     FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
     FltInitializePushLock, FltReleasePushLock,
 };
+use allocator_api2::alloc::{AllocError, Allocator};
+use allocator_api2::boxed::Box;
 
 use super::tracker::Tracker;
 use crate::irql::{Irql, assert_at_most};
@@ -273,19 +273,26 @@ impl<T> PushLock<T> {
     #[track_caller]
     pub unsafe fn init_in_place(slot: *mut Self, value: T) {
         assert_at_most(Irql::APC, "PushLock::init_in_place (FltInitializePushLock)");
-        // SAFETY: `slot` is valid for writes and aligned (the caller's contract); the fields are written
-        // through raw place projections, without creating references to uninitialized memory.
+        // SAFETY: `slot` is valid for writes and aligned (the caller's contract); the place is only
+        // projected (`&raw mut`), no reference to uninitialized memory is made.
+        let raw = unsafe { &raw mut (*slot).raw };
+        // SAFETY: `raw` points into `slot`, valid for writes and aligned.
         unsafe {
-            (&raw mut (*slot).raw).write(RawPushLock {
+            raw.write(RawPushLock {
                 word: Word(UnsafeCell::new(0)),
                 tracker: Tracker::new(),
             });
-            (&raw mut (*slot).data).write(UnsafeCell::new(value));
         }
+        // SAFETY: as for `raw`.
+        let data = unsafe { &raw mut (*slot).data };
+        // SAFETY: `data` points into `slot`, valid for writes and aligned.
+        unsafe { data.write(UnsafeCell::new(value)) };
+        // SAFETY: `raw` was initialized just above; only a place projection, no reference.
+        let word = unsafe { UnsafeCell::raw_get(&raw const (*raw).word.0) };
         // SAFETY: the word is 8 bytes, 8-byte aligned (`Word`'s layout), at an address that stays
         // valid and unmoved until the drop in place calls FltDeletePushLock (the caller's contract);
         // IRQL asserted above.
-        unsafe { FltInitializePushLock(UnsafeCell::raw_get(&raw const (*slot).raw.word.0)) };
+        unsafe { FltInitializePushLock(word) };
     }
 
     /// Allocates a `PushLock` holding `value` with `alloc`, initializes it there and returns it

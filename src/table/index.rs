@@ -219,6 +219,15 @@ impl<A: Allocator> Index<A> {
         }
     }
 
+    /// Empties the index (every chain and bucket), keeping its blocks.
+    pub(super) fn clear(&mut self) {
+        for bucket in 0..self.buckets() {
+            self.write(Cell::Head(bucket), Link::NONE);
+        }
+        self.round = 0;
+        self.split = 0;
+    }
+
     /// The length of every chain (for tests).
     #[cfg(test)]
     pub(super) fn chain_lengths(&self) -> impl Iterator<Item = usize> + '_ {

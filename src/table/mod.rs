@@ -338,6 +338,62 @@ impl<A: Allocator + Clone> Table<A> {
         victim
     }
 
+    /// Removes every entry and zeroes the statistics (the port's reset); returns how many entries
+    /// there were. Keeps the table's blocks for the files to come; allocates nothing. Its work grows
+    /// with the table (every name is freed): an administrator's request, not an I/O path.
+    pub fn clear(&mut self) -> usize {
+        let removed = self.len;
+        for slot in 0..self.len {
+            let name = self.entries.get(slot).and_then(Tally::name_block);
+            // SAFETY: the entry's name block came from `copy_name` with `self.names`; `len` drops to
+            // 0 below, so no entry reads it again.
+            unsafe { tally::free_name(&self.names, name) };
+        }
+        self.len = 0;
+        self.index.clear();
+        self.stats.reset();
+        removed
+    }
+
+    /// Removes the entry of `key`, if any: the file it tallied no longer exists (a new file was
+    /// created with the same ID, as FAT and exFAT reuse the IDs of deleted files' directory
+    /// entries). Needs the exclusive lock. Bounded work: the last entry moves into the freed slot
+    /// (slot hints of the moved file go stale, and fall back to the lookup).
+    pub fn forget(&mut self, key: FileKey) -> bool {
+        let hash = key.hash();
+        let Some(slot) = self.find(key, hash) else {
+            return false;
+        };
+        let name = self.entries.get(slot).and_then(Tally::name_block);
+        self.index.remove(slot, hash);
+        // SAFETY: the entry's name block came from `copy_name` with `self.names`; the entry is
+        // overwritten or left beyond `len` below, so nothing reads it again.
+        unsafe { tally::free_name(&self.names, name) };
+        let last = self.len - 1;
+        if slot != last
+            && let Some(moved) = self.entries.get(last)
+        {
+            let moved_hash = moved.key().hash();
+            let moved = Tally::new(moved.key(), moved.name_block(), 0).copy_counts_from(moved);
+            self.index.remove(last, moved_hash);
+            self.place(slot, moved, moved_hash);
+        }
+        self.len = last;
+        true
+    }
+
+    /// Adds `n` to `stat` (the driver's statistics that are not the table's own: untracked
+    /// requests, failed name queries). Takes `&self`: runs under the shared lock.
+    pub fn add_stat(&self, stat: Stat, n: u64) {
+        self.stats.add(stat, n);
+    }
+
+    /// Records that BypassIO was enabled on a handle of this volume ([`Stat::BypassIoEnables`]): its
+    /// non-cached reads will skip the filter and not be tallied. Takes `&self` (shared lock).
+    pub fn record_bypass_io_enable(&self) {
+        self.stats.add(Stat::BypassIoEnables, 1);
+    }
+
     /// Records another open of the already tallied file `key` at system time `now`; returns `false`
     /// (and changes nothing) if the file has no entry, for the caller to insert it with
     /// [`Table::record_open`].

@@ -90,6 +90,21 @@ impl Tally {
         }
     }
 
+    /// This new entry with the counters and times of `other` (an entry moving to another slot).
+    pub(super) fn copy_counts_from(self, other: &Self) -> Self {
+        let counts = other.counts();
+        Self {
+            opens: AtomicU64::new(counts.opens),
+            reads: AtomicU64::new(counts.reads),
+            writes: AtomicU64::new(counts.writes),
+            bytes_read: AtomicU64::new(counts.bytes_read),
+            bytes_written: AtomicU64::new(counts.bytes_written),
+            first_seen: counts.first_seen,
+            last_seen: AtomicI64::new(counts.last_seen),
+            ..self
+        }
+    }
+
     /// The file's key.
     pub(super) fn key(&self) -> FileKey {
         self.key

@@ -12,6 +12,15 @@ use iotally::table::Counts;
 /// The registry key iotally reads its settings from under fltsim.
 pub const PARAMETERS: &str = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\iotally\Parameters";
 
+/// iotally's INF template, as the package ships it (less the stamped `DriverVer`).
+pub const INX: &str = include_str!("../../inf/iotally.inx");
+
+/// Installs iotally from its INF into the simulated registry, as Windows Setup would on the
+/// simulated build (call after `Sim::new`).
+pub fn install() -> fltsim::inf::Installation {
+    fltsim::inf::install(INX).expect("inf/iotally.inx installs")
+}
+
 /// A simulator with iotally loaded.
 pub struct Loaded {
     pub sim: Sim,
@@ -26,6 +35,7 @@ impl Loaded {
     /// Loads iotally with `MaxEntriesPerInstance` set (when `Some`).
     pub fn with_max_entries(max: Option<u32>) -> Self {
         let sim = Sim::new();
+        install();
         if let Some(max) = max {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", Value::Dword(max));
         }

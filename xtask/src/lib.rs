@@ -4,6 +4,7 @@
 //! - [`callgrind`]: reading callgrind profiles and counting a driver's own instructions in them.
 //! - [`cross`]: the Debian-cargo command line that cross-builds the driver for
 //!   `x86_64-pc-windows-msvc`.
+//! - [`image`]: the driver images it builds (release, debug-assertions, deliberately broken).
 //! - [`toolchain`]: which Debian packages that needs and how to install them.
 //! - [`stamp`]: `stampinf`'s `DriverVer` stamping of the `.inx`.
 //! - [`pe_check`]: verification of the resulting kernel image.
@@ -11,6 +12,7 @@
 
 pub mod callgrind;
 pub mod cross;
+pub mod image;
 pub mod pe_check;
 pub mod perf;
 pub mod stamp;

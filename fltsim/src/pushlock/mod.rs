@@ -21,7 +21,7 @@
 //! Acquires disable the thread's normal kernel APCs ([`crate::apc`]); releases re-enable them.
 
 pub mod parker;
-mod registry;
+pub(crate) mod registry;
 pub mod word;
 
 use core::sync::atomic::AtomicUsize;
@@ -96,7 +96,7 @@ fn check_flags(routine: &str, flags: u32) {
 }
 
 #[track_caller]
-fn acquire(routine: &str, push_lock: *mut usize, mode: Mode) {
+fn acquire(routine: &'static str, push_lock: *mut usize, mode: Mode) {
     // SAFETY: the pointer comes from the caller of an FltAcquirePushLock* routine, whose contract
     // is an initialized EX_PUSH_LOCK in storage that outlives the call.
     let word = unsafe { word_at(routine, push_lock) };
@@ -120,7 +120,7 @@ fn acquire(routine: &str, push_lock: *mut usize, mode: Mode) {
             }
         }
     }
-    registry::acquired(address, mode);
+    registry::acquired(address, mode, routine);
 }
 
 #[track_caller]

@@ -1,7 +1,17 @@
 //! Parking queues for the push-lock algorithm: by address with `parking_lot_core` for the real
 //! exports, and a loom Mutex + Condvar queue for model checking.
+//!
+//! The real parker is where a push-lock wait becomes visible to [`crate::hang`]: before each sleep the
+//! thread registers what it waits for and checks the wait-for graph and the bound, and it sleeps at
+//! most a slice at a time, so a deadlock is reported when it closes and a long wait when the bound
+//! passes, instead of hanging.
 
+use std::cell::Cell;
+use std::time::Instant;
+
+use super::registry::Mode;
 use super::word::{Parker, Wait};
+use crate::hang;
 
 /// Park tokens: what a parked thread waits for.
 const SHARED_TOKEN: usize = 0;
@@ -11,25 +21,42 @@ const EXCLUSIVE_TOKEN: usize = 1;
 /// The `parking_lot_core` queue keyed by the address of the lock word.
 pub struct AddressParker {
     key: usize,
+    /// When the acquire this parker serves first had to wait (the bound counts from there).
+    since: Cell<Option<Instant>>,
 }
 
 impl AddressParker {
     /// The queue of the lock word at `address`.
     #[must_use]
     pub const fn new(address: usize) -> Self {
-        Self { key: address }
+        Self {
+            key: address,
+            since: Cell::new(None),
+        }
     }
 }
 
 impl Parker for AddressParker {
     fn park(&self, kind: Wait, validate: impl FnOnce() -> bool) {
-        let token = match kind {
-            Wait::Shared => SHARED_TOKEN,
-            Wait::Exclusive => EXCLUSIVE_TOKEN,
+        let (token, mode) = match kind {
+            Wait::Shared => (SHARED_TOKEN, Mode::Shared),
+            Wait::Exclusive => (EXCLUSIVE_TOKEN, Mode::Exclusive),
         };
+        let since = *self.since.get().get_or_insert_with(Instant::now);
+        self.since.set(Some(since));
+        let registration = hang::register_since(
+            hang::Wait::PushLock {
+                address: self.key,
+                mode,
+            },
+            since,
+        );
+        registration.check();
+        let deadline = Instant::now() + registration.slice();
         // SAFETY: the key is the address of a push-lock word, which only this module parks on; the
         // validate closure only loads an atomic (it neither panics nor calls parking_lot), and
-        // before_sleep/timed_out do nothing.
+        // before_sleep/timed_out do nothing. A timed-out wait returns like a spurious wake-up, which
+        // the algorithm handles (it re-reads the word and parks again).
         unsafe {
             parking_lot_core::park(
                 self.key,
@@ -37,9 +64,10 @@ impl Parker for AddressParker {
                 || {},
                 |_, _| {},
                 parking_lot_core::ParkToken(token),
-                None,
+                Some(deadline),
             );
         }
+        drop(registration);
     }
 
     fn unpark(&self, choose: impl FnOnce() -> Wait, after: impl FnOnce(bool)) {

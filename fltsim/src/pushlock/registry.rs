@@ -20,12 +20,20 @@ pub enum Mode {
     Exclusive,
 }
 
+/// Where a hold was taken: the export, and the driver callback the thread was running.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    routine: &'static str,
+    during: Option<&'static str>,
+}
+
 /// One push lock the simulator has seen initialized.
 #[derive(Default)]
 struct Record {
     deleted: bool,
-    exclusive_owner: Option<ThreadId>,
-    shared: HashMap<ThreadId, u32>,
+    exclusive_owner: Option<(ThreadId, Origin)>,
+    /// Shared holders: how many holds each, and where the first was taken.
+    shared: HashMap<ThreadId, (u32, Origin)>,
     /// Threads between the registry check of an acquire and recording the hold (waiting or about to).
     acquiring: usize,
 }
@@ -34,6 +42,44 @@ impl Record {
     fn is_held(&self) -> bool {
         self.exclusive_owner.is_some() || !self.shared.is_empty()
     }
+
+    fn is_exclusive_owner(&self, thread: ThreadId) -> bool {
+        self.exclusive_owner
+            .is_some_and(|(owner, _)| owner == thread)
+    }
+
+    fn holds(&self) -> Vec<Hold> {
+        let exclusive = self.exclusive_owner.map(|(thread, origin)| Hold {
+            thread,
+            mode: Mode::Exclusive,
+            count: 1,
+            routine: origin.routine,
+            during: origin.during,
+        });
+        let shared = self.shared.iter().map(|(&thread, &(count, origin))| Hold {
+            thread,
+            mode: Mode::Shared,
+            count,
+            routine: origin.routine,
+            during: origin.during,
+        });
+        exclusive.into_iter().chain(shared).collect()
+    }
+}
+
+/// One thread's hold of a push lock, for the wait-for graph and its reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    /// The holding thread.
+    pub thread: ThreadId,
+    /// How it holds the lock.
+    pub mode: Mode,
+    /// How many holds (shared holds nest).
+    pub count: u32,
+    /// The export that acquired it.
+    pub routine: &'static str,
+    /// The driver callback the thread was running then, if any.
+    pub during: Option<&'static str>,
 }
 
 /// Every push lock seen since the session started, by address.
@@ -128,7 +174,7 @@ fn acquire_misuse(
         ));
     }
     let holds_shared = record.shared.contains_key(&me);
-    match (mode, record.exclusive_owner == Some(me), holds_shared) {
+    match (mode, record.is_exclusive_owner(me), holds_shared) {
         (Mode::Exclusive, true, _) => Some(format!(
             "fltsim: push lock deadlock: {routine} on push lock {address:#x} which this thread already \
              holds exclusive (push locks are not recursive: the thread would wait for itself forever)"
@@ -169,17 +215,51 @@ pub fn begin_acquire(routine: &str, address: usize, mode: Mode) -> bool {
     holds_shared
 }
 
-/// Records that the calling thread now holds `address` in `mode` (after [`begin_acquire`]).
-pub fn acquired(address: usize, mode: Mode) {
+/// Records that the calling thread now holds `address` in `mode` (after [`begin_acquire`]), taken
+/// with `routine`.
+pub fn acquired(address: usize, mode: Mode, routine: &'static str) {
+    crate::hang::track_thread();
+    let origin = Origin {
+        routine,
+        during: crate::hang::current_callback(),
+    };
     let me = thread::current().id();
     let mut guard = locks();
     if let Some(record) = guard.as_mut().and_then(|map| map.get_mut(&address)) {
         record.acquiring -= 1;
         match mode {
-            Mode::Exclusive => record.exclusive_owner = Some(me),
-            Mode::Shared => *record.shared.entry(me).or_default() += 1,
+            Mode::Exclusive => record.exclusive_owner = Some((me, origin)),
+            Mode::Shared => record.shared.entry(me).or_insert((0, origin)).0 += 1,
         }
     }
+}
+
+/// The holds of each lock at `addresses` (locks nobody holds are absent).
+pub fn holders(addresses: &[usize]) -> HashMap<usize, Vec<Hold>> {
+    let guard = locks();
+    let Some(map) = guard.as_ref() else {
+        return HashMap::new();
+    };
+    addresses
+        .iter()
+        .filter_map(|address| {
+            let holds = map.get(address)?.holds();
+            (!holds.is_empty()).then_some((*address, holds))
+        })
+        .collect()
+}
+
+/// Every hold of every live lock, sorted by address.
+pub fn all_holds() -> Vec<(usize, Hold)> {
+    let guard = locks();
+    let mut holds: Vec<(usize, Hold)> = guard
+        .iter()
+        .flat_map(HashMap::iter)
+        .filter(|(_, record)| !record.deleted)
+        .flat_map(|(&address, record)| record.holds().into_iter().map(move |h| (address, h)))
+        .collect();
+    holds.sort_by_key(|(address, hold)| (*address, format!("{:?}", hold.thread)));
+    holds
 }
 
 /// Ends an acquire that did not complete (it panicked instead of hanging).
@@ -207,12 +287,12 @@ pub fn release(routine: &str, address: usize) -> Mode {
             Some(record) if record.deleted => Err(format!(
                 "fltsim: {routine} on push lock {address:#x} after FltDeletePushLock (use after delete)"
             )),
-            Some(record) if record.exclusive_owner == Some(me) => {
+            Some(record) if record.is_exclusive_owner(me) => {
                 record.exclusive_owner = None;
                 Ok(Mode::Exclusive)
             }
             Some(record) => match record.shared.get_mut(&me) {
-                Some(count) => {
+                Some((count, _)) => {
                     *count -= 1;
                     if *count == 0 {
                         record.shared.remove(&me);

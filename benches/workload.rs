@@ -81,9 +81,11 @@ fn path(i: usize) -> String {
     format!(r"\d{:03}\f{i:07}", i / 1000)
 }
 
-/// The driver loaded in fltsim with `max` entries per instance and one NTFS volume.
+/// The driver installed from its INF and loaded in fltsim with `max` entries per instance and one
+/// NTFS volume.
 fn driver(max: usize) -> (Sim, Volume) {
     let sim = Sim::new();
+    fltsim::inf::install(include_str!("../inf/iotally.inx")).expect("inf/iotally.inx installs");
     registry::set_value(
         PARAMETERS,
         "MaxEntriesPerInstance",

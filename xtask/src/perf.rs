@@ -85,10 +85,11 @@ pub const SCENARIOS: [Scenario; 6] = [
 ];
 
 /// The workloads run natively, for pool accounting and sizes.
-pub const NATIVE: [&[&str]; 4] = [
+pub const NATIVE: [&[&str]; 5] = [
     &["table-memory", "1000"],
     &["table-memory", "1000000"],
     &["driver-memory", "1000"],
+    &["driver-memory", "1000000"],
     &["sizes"],
 ];
 
@@ -196,7 +197,7 @@ pub const BUDGETS: [Budget; 7] = [
         value: |f| f.get("write.own-per-op"),
     },
     Budget {
-        what: "paged bytes per entry, names excluded (tables of 1K and 1M, driver at 1K)",
+        what: "paged bytes per entry, names excluded (1K and 1M: table, driver)",
         limit: 96.0,
         value: |f| {
             f.max_of(&[
@@ -205,6 +206,7 @@ pub const BUDGETS: [Budget; 7] = [
                 "table-memory.full.paged-per-entry@1000000",
                 "table-memory.limit.paged-per-entry@1000000",
                 "driver-memory.paged-per-entry@1000",
+                "driver-memory.paged-per-entry@1000000",
             ])
         },
     },
@@ -216,6 +218,7 @@ pub const BUDGETS: [Budget; 7] = [
                 "table-memory.full.nonpaged-per-entry@1000000",
                 "table-memory.limit.nonpaged-per-entry@1000000",
                 "driver-memory.nonpaged-per-entry@1000",
+                "driver-memory.nonpaged-per-entry@1000000",
             ])
         },
     },
@@ -226,6 +229,7 @@ pub const BUDGETS: [Budget; 7] = [
             f.max_of(&[
                 "table-memory.largest-paged@1000000",
                 "driver-memory.largest-paged@1000",
+                "driver-memory.largest-paged@1000000",
             ])
         },
     },

@@ -11,8 +11,8 @@ use windows_sys::Wdk::Storage::FileSystem::{
     FILE_CREATE, FILE_DIRECTORY_FILE, FILE_OPEN, FILE_OPEN_IF,
 };
 use windows_sys::Wdk::System::SystemServices::{
-    FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_READ,
-    IRP_MJ_WRITE, IRP_NOCACHE, IRP_PAGING_IO,
+    FO_CLEANUP_COMPLETE, FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
+    IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE, IRP_NOCACHE, IRP_PAGING_IO,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_END_OF_FILE, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
@@ -562,7 +562,16 @@ impl FileHandle<'_> {
                 volume: self.volume,
                 parameters: FLT_PARAMETERS::default(),
             };
-            if let Outcome::Done(status, _) = perform(&op, &mut |_| (STATUS_SUCCESS, 0))
+            let mut file_system = |_: &FLT_PARAMETERS| {
+                if code == IRP_MJ_CLEANUP {
+                    // The file system marks the file object when it completes the cleanup.
+                    // SAFETY: the handle's own file object, live for the operation; the filter
+                    // sees it again only in the post-op, after this write.
+                    unsafe { (*file_object).Flags |= FO_CLEANUP_COMPLETE };
+                }
+                (STATUS_SUCCESS, 0)
+            };
+            if let Outcome::Done(status, _) = perform(&op, &mut file_system)
                 && code == IRP_MJ_CLEANUP
             {
                 result = status;

@@ -324,6 +324,9 @@ impl Registration {
         }
         let waited = self.since.elapsed();
         if waited >= self.limit {
+            // A rule broken meanwhile (an operation that can never complete because its completion
+            // was refused, ...) is the likely cause: report it first.
+            crate::verifier::check();
             let report = with_graph(|g| {
                 let what = g
                     .waiters

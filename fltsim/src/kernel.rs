@@ -48,6 +48,31 @@ pub fn debug_log() -> Vec<DebugLine> {
     log().clone()
 }
 
+thread_local! {
+    /// Whether the thread's top-level IRP (`IoGetTopLevelIrp`) is set.
+    static TOP_LEVEL_IRP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the calling thread's top-level IRP set, as when the I/O is issued from inside a
+/// file system or by the cache manager (`FSRTL_CACHE_TOP_LEVEL_IRP`): file-system recursion is then
+/// unsafe, and `FltGetFileNameInformation` (unless the name is cached) and `FltQueryInformationFile`
+/// refuse ("`IoGetTopLevelIrp` function (ntifs.h)").
+pub fn with_top_level_irp<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TOP_LEVEL_IRP.with(|set| set.set(self.0));
+        }
+    }
+    let _restore = Restore(TOP_LEVEL_IRP.with(|set| set.replace(true)));
+    f()
+}
+
+/// Whether the calling thread's top-level IRP is set ([`with_top_level_irp`]).
+pub(crate) fn top_level_irp_set() -> bool {
+    TOP_LEVEL_IRP.with(std::cell::Cell::get)
+}
+
 /// `KeBugCheckEx`: stops the machine. Here: panics with the code and the four parameters in hex,
 /// which aborts the process (the panic cannot leave this `extern "system"` function).
 /// Any IRQL.

@@ -38,6 +38,7 @@ mod world;
 pub use abi::DriverEntry;
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};
+pub use names::FILE_NAME_TAG;
 pub use pause::{Pause, Point};
 pub use port::{FLT_PORT_ALL_ACCESS, PortClient};
 pub use session::Sim;

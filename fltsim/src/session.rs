@@ -64,6 +64,7 @@ impl Sim {
         crate::registry::reset();
         crate::hang::reset();
         crate::pause::reset();
+        crate::names::reset();
         world::reset();
         verifier::reset();
         Self {

@@ -173,6 +173,13 @@ pub fn configure(config: Config) {
     *lock(&FILTER) = 0;
 }
 
+/// Replaces the post-operation hook of the installed config (the driver may be loaded).
+pub fn set_post(hook: PostHook) {
+    if let Some(config) = lock(&CONFIG).as_mut() {
+        config.post = Some(hook);
+    }
+}
+
 /// The events recorded so far.
 pub fn events() -> Vec<Event> {
     lock(&EVENTS).clone()

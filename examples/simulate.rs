@@ -94,6 +94,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(120_000);
     let sim = Sim::new();
+    // Installed from its INF first, as Windows Setup would: Filter Manager reads the instance
+    // definitions (altitude) from the service key.
+    if let Err(error) = fltsim::inf::install(include_str!("../inf/iotally.inx")) {
+        panic!("inf/iotally.inx does not install: {error}");
+    }
     let status = sim.load("iotally", iotally::DriverEntry);
     assert_eq!(status, 0, "DriverEntry failed: {status:#x}");
     let volumes = [
@@ -232,18 +237,23 @@ fn print_instance(sim: &Sim, letter: &str, volume: Volume) {
     let Some(instance) = sim.instance(volume) else {
         return;
     };
-    let Some((name, stats, mut rows)) = iotally::inspect::with_instance(instance, |view| {
-        let rows: Vec<(String, Counts)> = view
-            .table()
-            .iter()
-            .map(|(_, tally)| (String::from_utf16_lossy(tally.name()), tally.counts()))
-            .collect();
-        (
-            String::from_utf16_lossy(view.volume_name()),
-            view.table().stats(),
-            rows,
-        )
-    }) else {
+    // SAFETY: the instance is attached (fltsim just returned it) and this thread detaches nothing
+    // while it reads.
+    let visited = unsafe {
+        iotally::inspect::with_instance(instance, |view| {
+            let rows: Vec<(String, Counts)> = view
+                .table()
+                .iter()
+                .map(|(_, tally)| (String::from_utf16_lossy(tally.name()), tally.counts()))
+                .collect();
+            (
+                String::from_utf16_lossy(view.volume_name()),
+                view.table().stats(),
+                rows,
+            )
+        })
+    };
+    let Some((name, stats, mut rows)) = visited else {
         return;
     };
     rows.sort_by_key(|(_, c)| std::cmp::Reverse(c.bytes_read.saturating_add(c.bytes_written)));

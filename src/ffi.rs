@@ -8,7 +8,11 @@
 //! |---|---|
 //! | [`POOL_FLAG_NON_PAGED`], [`POOL_FLAG_PAGED`] | `#define`s in wdm.h; the Windows metadata that windows-sys is generated from has no `POOL_FLAG_*` values |
 //! | [`DPFLTR_IHVDRIVER_ID`] and the `DPFLTR_*_LEVEL` values | dpfilter.h enum and `#define`s; not in windows-sys |
-//! | [`vDbgPrintEx`], [`ZwOpenKey`], [`ZwQueryValueKey`], [`ZwClose`] | windows-sys links them from `ntdll.dll` (user mode); a driver must import them from `ntoskrnl.exe` (declared in the `ntoskrnl-imports` crate, see below) |
+//! | [`vDbgPrintEx`], [`ZwQueryValueKey`], [`ZwClose`] | windows-sys links them from `ntdll.dll` (user mode); a driver must import them from `ntoskrnl.exe` (declared in the `ntoskrnl-imports` crate, see below) |
+//!
+//! (`IoOpenDriverRegistryKey`, for instance, is not here: windows-sys already links it from
+//! `ntoskrnl.exe`. The `FLTMGR.SYS` routines are called through `crate::flt`, which wraps
+//! windows-sys's declarations.)
 
 /// `POOL_FLAG_NON_PAGED` (wdm.h, `0x0000000000000040UI64`): non-paged, non-executable pool, for
 /// [`ExAllocatePool2`](windows_sys::Wdk::System::SystemServices::ExAllocatePool2).
@@ -76,7 +80,7 @@ pub const DPFLTR_TRACE_LEVEL: u32 = 2;
 /// ```
 pub const DPFLTR_INFO_LEVEL: u32 = 3;
 
-// `vDbgPrintEx`, `ZwOpenKey`, `ZwQueryValueKey`, `ZwClose` (wdm.h; "NtosKrnl.lib" for kernel mode):
+// `vDbgPrintEx`, `ZwQueryValueKey`, `ZwClose` (wdm.h; "NtosKrnl.lib" for kernel mode):
 // windows-sys links them from ntdll.dll, which a driver cannot import (the image would not load, and
 // the package check rejects it). They are declared against ntoskrnl.exe in the `ntoskrnl-imports`
 // crate rather than here, because the linker takes the first import library that defines a symbol
@@ -97,4 +101,4 @@ pub const DPFLTR_INFO_LEVEL: u32 = 3;
 ///     vDbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_ERROR_LEVEL, c"%s".as_ptr().cast(), args.as_ptr().cast());
 /// }
 /// ```
-pub use ntoskrnl_imports::{ZwClose, ZwOpenKey, ZwQueryValueKey, vDbgPrintEx};
+pub use ntoskrnl_imports::{ZwClose, ZwQueryValueKey, vDbgPrintEx};

@@ -1,5 +1,5 @@
-//! Reading an instance's tallies: what a reporting path (the communication port, the host tests and
-//! the demo) uses.
+//! Reading an instance's tallies: how the host tests and the demo read a volume's table, and what a
+//! reporting path inside the driver would use.
 //!
 //! Takes the instance's table lock **shared** for the duration of the visitor, so the visitor must
 //! be short and must not call anything that can re-enter the file system. `IRQL <= APC_LEVEL`.
@@ -32,12 +32,20 @@ impl InstanceView<'_> {
 /// Calls `visit` with the state of `instance` under its shared lock; `None` if the instance has no
 /// iotally context (not attached, or being torn down).
 ///
+/// # Safety
+/// `instance` is passed to `FltGetInstanceContext` as it is, and Filter Manager does not validate
+/// it: it must be an instance of this driver's filter (from `FLT_RELATED_OBJECTS`, an enumeration of
+/// the filter's instances, or a host test's `fltsim::Sim::instance`) that stays valid for the call,
+/// for example because the caller holds a reference on it or runs inside one of its callbacks.
+/// Call at `IRQL <= APC_LEVEL` (the table is paged and behind a push lock).
+///
 /// ```no_run
 /// # use fltsim as _;
 /// # let instance = 0;
-/// let files = iotally::inspect::with_instance(instance, |view| view.table().len());
+/// // SAFETY: `instance` is an instance of iotally's filter, valid for the call.
+/// let files = unsafe { iotally::inspect::with_instance(instance, |view| view.table().len()) };
 /// ```
-pub fn with_instance<R>(
+pub unsafe fn with_instance<R>(
     instance: PFLT_INSTANCE,
     visit: impl FnOnce(&InstanceView<'_>) -> R,
 ) -> Option<R> {

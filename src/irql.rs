@@ -1,7 +1,7 @@
 //! The current IRQL and the debug-build check that every lock and paged-memory path makes.
 //!
 //! Push locks, paged pool and paged contexts may only be touched at `IRQL <= APC_LEVEL`
-//! (kernel-facts.md, "IRQL"); on Windows, touching paged memory at `DISPATCH_LEVEL` bugchecks
+//! (`docs/kernel-rules.md`, "IRQL"); on Windows, touching paged memory at `DISPATCH_LEVEL` bugchecks
 //! (`IRQL_NOT_LESS_OR_EQUAL`), but only when the page happens to be out, so the bug can hide for a
 //! long time. Every such path therefore starts with [`assert_at_most`] (or [`paged_code!`](crate::paged_code), the
 //! counterpart of the WDK's `PAGED_CODE()`), which fails at once in debug builds, naming the routine

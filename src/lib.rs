@@ -13,6 +13,7 @@ extern crate std;
 
 pub mod ffi;
 mod filter;
+mod flt;
 pub mod inspect;
 pub mod irql;
 pub mod log;
@@ -36,8 +37,10 @@ use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 
 /// The driver's entry point, called once by the I/O manager at `PASSIVE_LEVEL` when the driver loads.
 ///
-/// Registers the minifilter with Filter Manager and starts filtering; on any failure nothing stays
-/// registered and the failure status is returned, so the load fails cleanly.
+/// Reads the settings (through `IoOpenDriverRegistryKey`: `RegistryPath` is not used, as driver
+/// package isolation asks), registers the minifilter with Filter Manager and starts filtering; on
+/// any failure nothing stays registered and the failure status is returned, so the load fails
+/// cleanly.
 ///
 /// # Safety
 /// `driver` must be the driver object the I/O manager passes to a driver entry point; it must stay
@@ -45,7 +48,7 @@ use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn DriverEntry(
     driver: *mut DRIVER_OBJECT,
-    registry_path: *const UNICODE_STRING,
+    _registry_path: *const UNICODE_STRING,
 ) -> NTSTATUS {
-    filter::load(driver, registry_path)
+    filter::load(driver)
 }

@@ -2,7 +2,7 @@
 //! each with a readable [`Tag`], implementing [`allocator_api2::alloc::Allocator`] so that
 //! `hashbrown` tables and `allocator_api2` boxes and vectors can live in the pool of their choice.
 //!
-//! Rules kept here (kernel-facts.md, "Pool"):
+//! Rules kept here (`docs/kernel-rules.md`, "Pool"):
 //! - **Every allocation is fallible.** A null return from `ExAllocatePool2` (Driver Verifier's
 //!   low-resources simulation makes it happen on purpose), a layout this allocator cannot serve
 //!   (alignment above [`MAX_ALIGN`]) or a size the pool cannot take all give `Err(AllocError)`; the

@@ -257,6 +257,12 @@ impl<A: Allocator + Clone> Table<A> {
         true
     }
 
+    /// Records that BypassIO was enabled on a handle of this volume ([`Stat::BypassIoEnables`]): its
+    /// non-cached reads will skip the filter and not be tallied. Takes `&self` (shared lock).
+    pub fn record_bypass_io_enable(&self) {
+        self.stats.add(Stat::BypassIoEnables, 1);
+    }
+
     /// Records a read or write of `bytes` bytes on the file `key` at system time `now`.
     ///
     /// Takes `&self`: runs under the shared lock, concurrently with other readers and writers; only
@@ -275,6 +281,19 @@ impl<A: Allocator + Clone> Table<A> {
         tally.touch(now, self.tick());
         self.stats.add(Stat::Hits, 1);
         true
+    }
+
+    /// Adds `n` to `stat` (the driver's statistics that are not the table's own: untracked
+    /// requests, failed name queries). Takes `&self`: runs under the shared lock.
+    pub fn add_stat(&self, stat: Stat, n: u64) {
+        self.stats.add(stat, n);
+    }
+
+    /// Removes the entry of `key`, if any: the file it tallied no longer exists (a new file was
+    /// created with the same ID, as FAT and exFAT reuse the IDs of deleted files' directory
+    /// entries). Needs the exclusive lock.
+    pub fn forget(&mut self, key: FileKey) -> bool {
+        self.entries.remove(&key).is_some()
     }
 
     /// Copies the last [`MAX_NAME_UNITS`] units of `name` into the table's pool.
@@ -343,7 +362,7 @@ mod tests {
         );
         let stats = table.stats();
         assert_eq!(
-            Stat::ALL.map(|stat| stats.get(stat)),
+            Stat::ALL.map(|stat| stats.get(stat))[..5],
             [1, 4, 1, 0, 0],
             "inserts, hits, misses, evictions, allocation failures"
         );

@@ -1,5 +1,5 @@
 //! Checks `inf/iotally.inx` against the rules for a primitive minifilter INF
-//! (`shared/docs/kernel-facts.md`, Microsoft's "Creating an INF file for a minifilter driver"),
+//! (`docs/kernel-rules.md`, "INF"; Microsoft's "Creating an INF File for a Minifilter Driver"),
 //! and shows that the checker catches broken copies.
 //!
 //! The INF is parsed by a small section/key reader below: `[Section]` headers, `key = value` lines,
@@ -160,6 +160,15 @@ struct Layout {
     instances_key: &'static str,
 }
 
+impl Layout {
+    /// The key `SupportedFeatures` belongs under: the instances key's parent.
+    fn features_key(&self) -> &'static str {
+        self.instances_key
+            .strip_suffix("Instances")
+            .map_or("", |parent| parent.trim_end_matches('\\'))
+    }
+}
+
 const LAYOUTS: [Layout; 2] = [
     Layout {
         install: "DefaultInstall.NTamd64.10.0...25952",
@@ -167,11 +176,17 @@ const LAYOUTS: [Layout; 2] = [
         instances_key: "Parameters\\Instances",
     },
     Layout {
-        install: "DefaultInstall.NTamd64",
+        install: "DefaultInstall.NTamd64.10.0...19041",
         dirid: "12",
         instances_key: "Instances",
     },
 ];
+
+/// The OS floor: `ExAllocatePool2` exists from Windows 10 version 2004, build 19041.
+const FLOOR_BUILD: u32 = 19_041;
+
+/// The volume features iotally declares: offloaded read and write, BypassIO.
+const SUPPORTED_FEATURES: &str = "0xB";
 
 /// Collects the rules an INF breaks.
 struct Checker<'a> {
@@ -229,6 +244,28 @@ impl Checker<'_> {
             {
                 self.problems
                     .push(format!("[{name}] is only allowed with LegacyUninstall=1"));
+            }
+        }
+    }
+
+    /// The OS floor: every install section is decorated `NTamd64.10.0...<build>` with a build of at
+    /// least [`FLOOR_BUILD`], so Setup installs nothing on older Windows ("Combining platform
+    /// extensions with operating system versions").
+    fn floor(&mut self) {
+        for (name, _) in &self.inf.sections {
+            let lower = name.to_ascii_lowercase();
+            if !lower.starts_with("defaultinstall.") || lower.ends_with(".services") {
+                continue;
+            }
+            let build = lower
+                .strip_prefix("defaultinstall.ntamd64.10.0...")
+                .and_then(|build| build.parse::<u32>().ok());
+            match build {
+                Some(build) if build >= FLOOR_BUILD => {}
+                _ => self.problems.push(format!(
+                    "[{name}] would install before build {FLOOR_BUILD} (Windows 10 2004), where \
+                     the image cannot load: decorate it NTamd64.10.0...<build>"
+                )),
             }
         }
     }
@@ -294,6 +331,18 @@ impl Checker<'_> {
                     && row[2] == name
             })
         };
+        match find(layout.features_key(), "SupportedFeatures") {
+            Some(row) if row[3] == "0x00010001" && row[4].eq_ignore_ascii_case(SUPPORTED_FEATURES) => {}
+            Some(row) => self.problem(format!(
+                "[{add_reg}] SupportedFeatures is {} {}, expected a DWORD (0x00010001) {SUPPORTED_FEATURES}",
+                row[3], row[4]
+            )),
+            None => self.problem(format!(
+                "[{add_reg}] has no SupportedFeatures under {:?} (without it every volume iotally \
+                 attaches to loses ODX and BypassIO)",
+                layout.features_key()
+            )),
+        }
         let Some(default) = find(layout.instances_key, "DefaultInstance") else {
             self.problem(format!(
                 "[{add_reg}] has no {}\\DefaultInstance",
@@ -333,6 +382,7 @@ fn check(inf: &Inf) -> Vec<String> {
     };
     checker.version();
     checker.primitive();
+    checker.floor();
     for layout in &LAYOUTS {
         if let Some(service) = checker.service(layout) {
             checker.registry(layout, &service);
@@ -371,7 +421,7 @@ fn the_parser_reads_entries_rows_and_strings() {
         Some("%13%\\iotally.sys")
     );
     assert_eq!(
-        inf.rows("Iotally.AddRegistry")[1],
+        inf.rows("Iotally.AddRegistry")[2],
         [
             "HKR",
             "Parameters\\Instances\\iotally Instance",
@@ -389,8 +439,11 @@ fn the_parser_reads_entries_rows_and_strings() {
 #[test]
 fn a_missing_section_is_caught() {
     assert_caught(
-        &mutated("[DefaultInstall.NTamd64.Services]", "[Other.Services]"),
-        "[DefaultInstall.NTamd64.Services] has no AddService",
+        &mutated(
+            "[DefaultInstall.NTamd64.10.0...19041.Services]",
+            "[Other.Services]",
+        ),
+        "[DefaultInstall.NTamd64.10.0...19041.Services] has no AddService",
     );
     assert_caught(
         &mutated("[Version]", "[Versions]"),
@@ -498,4 +551,100 @@ fn forbidden_sections_are_caught() {
     );
     let allowed = "[DefaultUninstall.NTamd64]\nLegacyUninstall = 1\n[Strings]";
     assert_eq!(mutated("[Strings]", allowed), Vec::<String>::new());
+}
+
+#[test]
+fn sections_below_the_os_floor_are_caught() {
+    assert_caught(
+        &mutated(
+            "\n[DefaultInstall.NTamd64.10.0...19041]\n",
+            "\n[DefaultInstall.NTamd64]\n",
+        ),
+        "[DefaultInstall.NTamd64] would install before build 19041",
+    );
+    assert_caught(
+        &mutated(
+            "\n[DefaultInstall.NTamd64.10.0...19041]\n",
+            "\n[DefaultInstall.NTamd64.10.0...18362]\n",
+        ),
+        "would install before build 19041",
+    );
+}
+
+#[test]
+fn missing_or_wrong_supported_features_are_caught() {
+    assert_caught(
+        &mutated(
+            "HKR,\"Parameters\",\"SupportedFeatures\"",
+            "HKR,\"Parameters\",\"Nothing\"",
+        ),
+        "[Iotally.AddRegistry] has no SupportedFeatures",
+    );
+    assert_caught(
+        &mutated("SupportedFeatures  = 0xB", "SupportedFeatures  = 0x3"),
+        "SupportedFeatures is 0x00010001 0x3",
+    );
+    assert_caught(
+        &mutated(
+            "HKR,,\"SupportedFeatures\"",
+            "HKR,\"Parameters\",\"SupportedFeatures\"",
+        ),
+        "[IotallyDownlevel.AddRegistry] has no SupportedFeatures under \"\"",
+    );
+}
+
+/// The INX installed the way Windows Setup does (fltsim's installer) on each build: nothing before
+/// the floor, the downlevel layout up to 25951, the Parameters layout from 25952; and on every build
+/// where it installs, iotally registers and attaches.
+#[test]
+fn setup_installs_the_right_layout_on_each_build_and_iotally_loads() {
+    use fltsim::registry::{self, Value};
+    use fltsim::{FileSystem, Sim, VolumeSpec};
+
+    let service = fltsim::service::service_key("iotally");
+    for (build, section) in [
+        (18_363, None),
+        (19_041, Some("DefaultInstall.NTamd64.10.0...19041")),
+        (22_631, Some("DefaultInstall.NTamd64.10.0...19041")),
+        (25_952, Some("DefaultInstall.NTamd64.10.0...25952")),
+        (26_100, Some("DefaultInstall.NTamd64.10.0...25952")),
+    ] {
+        let sim = Sim::new();
+        sim.set_os_build(build);
+        let installed = fltsim::inf::install(INX);
+        assert_eq!(
+            installed.as_ref().ok().map(|i| i.section.as_str()),
+            section,
+            "build {build}: {installed:?}"
+        );
+        if section.is_none() {
+            assert_eq!(
+                sim.load("iotally", iotally::DriverEntry),
+                windows_sys::Win32::Foundation::STATUS_OBJECT_NAME_NOT_FOUND
+            );
+            continue;
+        }
+        let features = if build >= 25_952 {
+            format!(r"{service}\Parameters")
+        } else {
+            service.clone()
+        };
+        assert_eq!(
+            registry::value(&features, "SupportedFeatures"),
+            Some(Value::Dword(0xB)),
+            "build {build}"
+        );
+        assert_eq!(
+            sim.load("iotally", iotally::DriverEntry),
+            0,
+            "build {build}"
+        );
+        let c = sim.add_volume(VolumeSpec::new(
+            r"\Device\HarddiskVolume2",
+            FileSystem::Ntfs,
+        ));
+        assert!(sim.instance(c).is_some(), "build {build}");
+        assert_eq!(sim.unload(false), 0);
+        sim.verifier_report().assert_clean();
+    }
 }

@@ -10,6 +10,7 @@ use windows_sys::Win32::Foundation::{STATUS_FLT_INSTANCE_NOT_FOUND, STATUS_SUCCE
 #[test]
 fn load_and_unload_register_and_unregister_exactly_once() {
     let sim = Sim::new();
+    common::install();
     assert_eq!(sim.load("iotally", iotally::DriverEntry), STATUS_SUCCESS);
     assert!(sim.filter().is_some());
     let logged = fltsim::kernel::debug_log();
@@ -125,6 +126,7 @@ fn max_entries_comes_from_the_registry() {
         ),
     ] {
         let sim = Sim::new();
+        common::install();
         if let Some(value) = value.clone() {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", value);
         }
@@ -133,8 +135,9 @@ fn max_entries_comes_from_the_registry() {
             r"\Device\HarddiskVolume2",
             FileSystem::Ntfs,
         ));
-        let max =
-            iotally::inspect::with_instance(sim.instance(c).unwrap(), |v| v.table().max_entries());
+        let instance = sim.instance(c).unwrap();
+        // SAFETY: the instance was just attached and stays attached during the call.
+        let max = unsafe { iotally::inspect::with_instance(instance, |v| v.table().max_entries()) };
         assert_eq!(max, Some(expected), "for {value:?}");
         assert!(
             registry::open_handles().is_empty(),

@@ -411,28 +411,56 @@ fn apc_level_is_allowed() {
 }
 
 #[test]
-fn exclusive_owner_is_the_current_thread_only() {
+fn the_exclusive_owner_passes_the_assertion() {
     let _sim = fltsim::Sim::new();
     let lock = new_lock(0_u32);
     let guard = lock.write();
-    assert!(lock.is_locked_exclusive_by_current_thread());
+    lock.debug_assert_held_exclusive();
+    drop(guard);
+}
+
+/// Debug builds: the assertion fails for a thread that does not hold the lock, for a shared holder,
+/// and for a thread other than the exclusive owner. Release builds check nothing (and so cannot
+/// answer wrongly).
+#[test]
+fn the_assertion_fails_for_anyone_but_the_exclusive_owner() {
+    let _sim = fltsim::Sim::new();
+    let lock = new_lock(0_u32);
+    let fails =
+        |body: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err();
+    let expected = cfg!(debug_assertions);
+    assert_eq!(
+        fails(&|| lock.debug_assert_held_exclusive()),
+        expected,
+        "not held"
+    );
+    {
+        let _shared = lock.read();
+        assert_eq!(
+            fails(&|| lock.debug_assert_held_exclusive()),
+            expected,
+            "held shared"
+        );
+    }
+    let guard = lock.write();
     thread::scope(|s| {
         let elsewhere = s
-            .spawn(|| lock.is_locked_exclusive_by_current_thread())
+            .spawn(|| fails(&|| lock.debug_assert_held_exclusive()))
             .join();
-        // Release builds track no owner and answer `true` everywhere (documented).
-        assert_eq!(elsewhere.expect("query thread"), !cfg!(debug_assertions));
+        assert_eq!(elsewhere.expect("query thread"), expected, "another thread");
     });
     drop(guard);
-    assert_eq!(
-        lock.is_locked_exclusive_by_current_thread(),
-        !cfg!(debug_assertions)
-    );
-    let _shared = lock.read();
-    assert_eq!(
-        lock.is_locked_exclusive_by_current_thread(),
-        !cfg!(debug_assertions)
-    );
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    should_panic(expected = "is not held exclusive by this thread")
+)]
+fn the_assertion_names_the_rule() {
+    let _sim = fltsim::Sim::new();
+    let lock = new_lock(0_u32);
+    lock.debug_assert_held_exclusive();
 }
 
 /// Many threads, readers and writers mixed: a writer moves two counters apart and back together
@@ -503,7 +531,7 @@ fn mapped_guards_release_and_project() {
     {
         let mut count = PushLockWriteGuard::map(lock.write(), |(_, count)| count);
         *count += 1;
-        assert!(lock.is_locked_exclusive_by_current_thread());
+        lock.debug_assert_held_exclusive();
     }
     assert_eq!(word(&lock), 0);
     let name = PushLockReadGuard::map(lock.read(), |(name, _)| name.as_str());

@@ -3,8 +3,9 @@
 mod common;
 
 use common::{Loaded, totals};
-use fltsim::{FileSystem, OpenOptions};
-use windows_sys::Win32::Foundation::STATUS_OBJECT_NAME_NOT_FOUND;
+use fltsim::{FastIo, FileIdAnswer, FileSystem, OpenOptions, VolumeSpec};
+use iotally::stats::Stat;
+use windows_sys::Win32::Foundation::{STATUS_FILE_LOCK_CONFLICT, STATUS_OBJECT_NAME_NOT_FOUND};
 
 #[test]
 fn scripted_workload_is_tallied_exactly_per_volume() {
@@ -54,9 +55,11 @@ fn reopen_accumulates_and_rename_does_not_split_a_file() {
 
     let tallies = t.tallies(c).unwrap();
     assert_eq!(tallies.len(), 1, "one file, one entry: {tallies:?}");
+    // Five opens: Sim::rename opens the file to send IRP_MJ_SET_INFORMATION through the filter (it
+    // used to rename behind the filter's back), and that open is a real one.
     assert_eq!(
         totals(&tallies[r"\old.txt"]),
-        (4, 1, 3, 5, 30),
+        (5, 1, 3, 5, 30),
         "kept under its first name"
     );
     t.unload_clean();
@@ -167,5 +170,144 @@ fn network_optical_and_read_only_volumes_are_not_attached() {
     assert!(t.sim.instance(cd).is_none());
     assert!(t.sim.instance(ro).is_none());
     assert!(t.sim.instance(rw).is_some());
+    t.unload_clean();
+}
+
+#[test]
+fn refused_fast_io_is_counted_once_whatever_refused_it() {
+    let t = Loaded::new();
+    let c = t.volume(2, FileSystem::Ntfs);
+    t.sim.create_file(c, r"\f", 100);
+    let mut owner = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    let mut h = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    h.fast_read(10, 0); // not cached yet: refused, reissued as an IRP
+    h.fast_read(10, 0); // cached: fast
+    assert_eq!(owner.lock(50, 10, true).status, 0);
+    assert_eq!(
+        h.fast_read(10, 50).status,
+        STATUS_FILE_LOCK_CONFLICT,
+        "lock: refused, IRP fails"
+    );
+    t.sim.set_fast_io(c, FastIo::Seeded { seed: 7, one_in: 2 });
+    for _ in 0..20 {
+        h.fast_write(1, 0);
+    }
+    drop((owner, h));
+    assert_eq!(
+        totals(&t.tallies(c).unwrap()[r"\f"]),
+        (2, 3, 20, 30, 20),
+        "a failed request counts; a refused fast I/O does not, its IRP does"
+    );
+    t.unload_clean();
+}
+
+#[test]
+fn mdl_transfers_count_once_and_completions_never() {
+    let t = Loaded::new();
+    let c = t.volume(2, FileSystem::Ntfs);
+    t.sim.create_file(c, r"\f", 100);
+    let mut h = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    h.mdl_read(40, 0); // IRP_MN_MDL, then IRP_MN_COMPLETE_MDL
+    h.mdl_read(40, 40); // IRP_MJ_MDL_READ, then IRP_MJ_MDL_READ_COMPLETE
+    h.mdl_write(8, 100); // IRP_MJ_PREPARE_MDL_WRITE, then IRP_MJ_MDL_WRITE_COMPLETE
+    drop(h);
+    assert_eq!(totals(&t.tallies(c).unwrap()[r"\f"]), (1, 2, 1, 80, 8));
+    t.unload_clean();
+}
+
+#[test]
+fn file_id_zero_or_all_ones_never_becomes_a_key() {
+    for answer in [FileIdAnswer::Zero, FileIdAnswer::AllOnes] {
+        let t = Loaded::new();
+        let c = t.sim.add_volume(
+            VolumeSpec::new(r"\Device\HarddiskVolume2", FileSystem::Ntfs)
+                .file_id_information(answer),
+        );
+        for name in [r"\a", r"\b"] {
+            t.sim.create_file(c, name, 10);
+            let mut h = t.sim.open(c, name, OpenOptions::open()).unwrap();
+            h.read(1, 0);
+        }
+        let tallies = t.tallies(c).unwrap();
+        assert_eq!(
+            tallies.len(),
+            2,
+            "{answer:?}: two files, not one key: {tallies:?}"
+        );
+        assert_eq!(totals(&tallies[r"\b"]), (1, 1, 0, 1, 0));
+        t.unload_clean();
+    }
+}
+
+#[test]
+fn a_file_created_in_a_deleted_files_fat_entry_starts_fresh() {
+    for fs in [FileSystem::Fat, FileSystem::ExFat] {
+        let t = Loaded::new();
+        let f = t.volume(5, fs);
+        let mut old = t.sim.open(f, r"\old.log", OpenOptions::create()).unwrap();
+        old.write(100, 0);
+        drop(old);
+        t.sim.delete(f, r"\old.log").unwrap();
+        let mut new = t.sim.open(f, r"\new.txt", OpenOptions::create()).unwrap();
+        new.write(7, 0);
+        drop(new);
+        let tallies = t.tallies(f).unwrap();
+        assert_eq!(
+            tallies.keys().collect::<Vec<_>>(),
+            [r"\new.txt"],
+            "{fs:?}: the new file took the old one's id; the old entry is gone: {tallies:?}"
+        );
+        assert_eq!(totals(&tallies[r"\new.txt"]), (1, 0, 1, 0, 7));
+        t.unload_clean();
+    }
+}
+
+#[test]
+fn a_moved_fat_file_gets_a_new_entry_once_reopened() {
+    let t = Loaded::new();
+    let f = t.volume(5, FileSystem::Fat);
+    t.sim.create_directory(f, r"\d");
+    t.sim.create_file(f, r"\a", 10);
+    let mut h = t.sim.open(f, r"\a", OpenOptions::open()).unwrap();
+    h.read(1, 0);
+    drop(h);
+    t.sim.rename(f, r"\a", r"\d\a").unwrap();
+    let mut h = t.sim.open(f, r"\d\a", OpenOptions::open()).unwrap();
+    h.read(2, 0);
+    drop(h);
+    let tallies = t.tallies(f).unwrap();
+    // FAT has no stable file id: the moved file is keyed by its new directory entry.
+    assert_eq!(totals(&tallies[r"\a"]), (2, 1, 0, 1, 0), "{tallies:?}");
+    assert_eq!(totals(&tallies[r"\d\a"]), (1, 1, 0, 2, 0), "{tallies:?}");
+    t.unload_clean();
+}
+
+#[test]
+fn reads_of_streams_without_an_entry_are_counted_as_untracked() {
+    let t = Loaded::new();
+    let c = t.volume(2, FileSystem::Ntfs);
+    t.sim.create_file(c, r"\f", 100);
+    let before = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    assert_eq!(t.sim.detach(c), 0);
+    let mut opened_before_attach = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    drop(before);
+    assert_eq!(t.sim.attach(c), 0);
+    opened_before_attach.read(10, 0);
+    opened_before_attach.write(3, 0);
+    let mut volume = t.sim.open(c, "", OpenOptions::volume()).unwrap();
+    volume.read(512, 0);
+    drop((opened_before_attach, volume));
+    let stats = t.stats(c);
+    assert_eq!(
+        [
+            Stat::UntrackedReads,
+            Stat::UntrackedWrites,
+            Stat::UntrackedBytesRead,
+            Stat::UntrackedBytesWritten
+        ]
+        .map(|s| stats.get(s)),
+        [2, 1, 522, 3]
+    );
+    assert!(t.tallies(c).unwrap().is_empty());
     t.unload_clean();
 }

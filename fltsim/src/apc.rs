@@ -2,8 +2,8 @@
 //!
 //! `KeEnterCriticalRegion` disables normal kernel APCs for the calling thread and
 //! `KeLeaveCriticalRegion` re-enables them; the disables nest. The `FltAcquirePushLock*` routines
-//! disable normal kernel APCs themselves and `FltReleasePushLock` re-enables them (kernel-facts.md,
-//! "Push locks"), which is why a push lock must be released on the thread that acquired it.
+//! disable normal kernel APCs themselves and `FltReleasePushLock` re-enables them
+//! (`docs/kernel-rules.md`, "Push locks"), which is why a push lock must be released on the thread that acquired it.
 //!
 //! Windows counts disables downwards in a signed `SHORT`; the simulator counts them upwards.
 //! Returning to user mode with a non-zero count bugchecks with `APC_INDEX_MISMATCH` (0x1): the

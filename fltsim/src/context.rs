@@ -696,13 +696,12 @@ pub unsafe extern "system" fn FltGetStreamContext(
 /// either keeps the stream alive or finds it gone with its contexts. Finish the returned contexts
 /// with [`finish`] once the state lock is released.
 pub(crate) fn stream_closed(w: &mut World, volume: isize, stream: u128) -> Vec<Dying> {
-    let addresses: Vec<usize> = w
-        .instances
-        .values()
-        .filter(|i| i.volume == volume)
-        .filter_map(|i| i.stream_contexts.get(&stream).copied())
-        .collect();
-    addresses.into_iter().filter_map(|a| unlink(w, a)).collect()
+    // Only the volume's live instance can hold stream contexts: a gone one had them all deleted.
+    let address = w
+        .instance_on(volume)
+        .and_then(|i| w.instances.get(&i))
+        .and_then(|i| i.stream_contexts.get(&stream).copied());
+    address.and_then(|a| unlink(w, a)).into_iter().collect()
 }
 
 /// Deletes every context linked to `instance` (teardown complete, or setup failed).

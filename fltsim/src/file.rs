@@ -8,25 +8,29 @@ use std::mem::size_of;
 use windows_sys::Wdk::Foundation::{FILE_OBJECT, IO_SECURITY_CONTEXT};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_PARAMETERS;
 use windows_sys::Wdk::Storage::FileSystem::{
-    FILE_CREATE, FILE_DIRECTORY_FILE, FILE_OPEN, FILE_OPEN_IF,
+    FILE_CREATE, FILE_DIRECTORY_FILE, FILE_OPEN, FILE_OPEN_IF, FILE_OVERWRITE, FILE_OVERWRITE_IF,
+    FILE_SUPERSEDE,
 };
 use windows_sys::Wdk::System::SystemServices::{
     FO_CLEANUP_COMPLETE, FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
-    IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE, IRP_NOCACHE, IRP_PAGING_IO,
+    IRP_MJ_CREATE,
 };
 use windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_END_OF_FILE, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
-    STATUS_MEDIA_WRITE_PROTECTED, STATUS_NOT_A_DIRECTORY, STATUS_OBJECT_NAME_COLLISION,
-    STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND,
-    STATUS_SUCCESS, STATUS_VOLUME_DISMOUNTED,
+    NTSTATUS, STATUS_DELETE_PENDING, STATUS_FILE_IS_A_DIRECTORY, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_MEDIA_WRITE_PROTECTED, STATUS_NOT_A_DIRECTORY,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_OBJECT_PATH_NOT_FOUND, STATUS_SUCCESS, STATUS_VOLUME_DISMOUNTED,
 };
-use windows_sys::Win32::System::WindowsProgramming::{FILE_CREATED, FILE_OPENED};
+use windows_sys::Win32::System::WindowsProgramming::{
+    FILE_CREATED, FILE_OPENED, FILE_OVERWRITTEN, FILE_SUPERSEDED,
+};
 
 use crate::Sim;
 use crate::filter::unicode;
+use crate::fs::{self, NodeKey, parent_of as parent};
 use crate::io::{Operation, Outcome, perform};
-use crate::volume::{FileSystem, Volume};
-use crate::world::{self, FileNode, FileObjectState};
+use crate::volume::Volume;
+use crate::world::{self, FileObjectState};
 
 /// `IO_TYPE_FILE`.
 const IO_TYPE_FILE: i16 = 5;
@@ -46,6 +50,9 @@ pub struct OpenOptions {
     pub directory: bool,
     /// Open the volume itself (`FO_VOLUME_OPEN`; the path is ignored).
     pub volume_open: bool,
+    /// The create disposition (`FILE_SUPERSEDE` ... `FILE_OVERWRITE_IF`), overriding `create` and
+    /// `create_new` when set.
+    pub disposition: Option<u32>,
 }
 
 impl OpenOptions {
@@ -71,6 +78,26 @@ impl OpenOptions {
             create: true,
             directory: true,
             ..Self::default()
+        }
+    }
+
+    /// With create disposition `disposition` (`FILE_SUPERSEDE`, `FILE_OPEN`, `FILE_CREATE`,
+    /// `FILE_OPEN_IF`, `FILE_OVERWRITE` or `FILE_OVERWRITE_IF`).
+    #[must_use]
+    pub fn disposition(disposition: u32) -> Self {
+        Self {
+            disposition: Some(disposition),
+            ..Self::default()
+        }
+    }
+
+    /// The create disposition these options send.
+    fn create_disposition(self) -> u32 {
+        match self.disposition {
+            Some(disposition) => disposition,
+            None if self.create_new => FILE_CREATE,
+            None if self.create => FILE_OPEN_IF,
+            None => FILE_OPEN,
         }
     }
 
@@ -107,6 +134,8 @@ pub struct FileHandle<'sim> {
     object: Box<FileObjectBox>,
     volume: isize,
     closed: bool,
+    /// The create's `IoStatus.Information` (`FILE_CREATED`, `FILE_OPENED`, ...).
+    information: usize,
     _sim: PhantomData<&'sim Sim>,
 }
 
@@ -114,23 +143,15 @@ pub struct FileHandle<'sim> {
 // the handle's owner issues, and the simulator's own state about it is behind its lock.
 unsafe impl Send for FileHandle<'_> {}
 
-fn is_directory_path_valid(path: &str) -> bool {
+pub(crate) fn is_directory_path_valid(path: &str) -> bool {
     path.starts_with('\\')
         && !path.contains(['/', ':', '*', '?', '"', '<', '>', '|'])
         && !path[1..].split('\\').any(str::is_empty)
 }
 
-/// The upper-cased key of `path` (names compare case-insensitively).
-fn key(path: &str) -> String {
-    path.to_uppercase()
-}
-
-/// The parent directory of `path` (`\` for top-level names).
-fn parent(path: &str) -> &str {
-    match path.rfind('\\') {
-        Some(0) | None => "\\",
-        Some(index) => &path[..index],
-    }
+/// The stream key of a node's unnamed data stream (the key its stream contexts hang on).
+pub(crate) fn default_stream(node: NodeKey) -> u128 {
+    u128::from(node)
 }
 
 impl Sim {
@@ -140,6 +161,28 @@ impl Sim {
     /// If the path is invalid, its directory does not exist, or the volume is unknown.
     pub fn create_file(&self, volume: Volume, path: &str, size: u64) -> u128 {
         put(volume, path, size, false, None)
+    }
+
+    /// Puts many files on `volume` at once, without any I/O and under one acquisition of the
+    /// simulator's state (test setup at scale): each `(path, size)` as [`Sim::create_file`] would.
+    /// Returns their file ids, in order.
+    ///
+    /// # Panics
+    /// As [`Sim::create_file`], for the first bad path.
+    pub fn create_files<P: AsRef<str>>(
+        &self,
+        volume: Volume,
+        files: impl IntoIterator<Item = (P, u64)>,
+    ) -> Vec<u128> {
+        world::with(|w| {
+            let v = w
+                .volume(volume.0)
+                .expect("fltsim: Sim::create_files: unknown volume");
+            files
+                .into_iter()
+                .map(|(path, size)| put_in(&mut v.files, path.as_ref(), size, false, None))
+                .collect()
+        })
     }
 
     /// Like [`Sim::create_file`] with a chosen file id: on `ReFS`, two ids with the same low 64 bits
@@ -162,42 +205,13 @@ impl Sim {
     /// The file id of `path` on `volume`, if it exists (the full 128-bit id on `ReFS`).
     #[must_use]
     pub fn file_id(&self, volume: Volume, path: &str) -> Option<u128> {
-        world::with(|w| w.volume(volume.0)?.files.get(&key(path)).map(|f| f.id))
+        world::with(|w| w.volume(volume.0)?.files.get(path).map(|f| f.id))
     }
 
     /// The size of `path` on `volume`, if it exists.
     #[must_use]
     pub fn file_size(&self, volume: Volume, path: &str) -> Option<u64> {
-        world::with(|w| w.volume(volume.0)?.files.get(&key(path)).map(|f| f.size))
-    }
-
-    /// Renames `old` to `new` on `volume` in the file system (same file id, open handles stay
-    /// valid). No `IRP_MJ_SET_INFORMATION` is sent through the filter.
-    ///
-    /// # Errors
-    /// `STATUS_OBJECT_NAME_NOT_FOUND` if `old` does not exist, `STATUS_OBJECT_NAME_COLLISION` if
-    /// `new` does, `STATUS_OBJECT_PATH_NOT_FOUND` if `new`'s directory does not.
-    pub fn rename(&self, volume: Volume, old: &str, new: &str) -> Result<(), NTSTATUS> {
-        if !is_directory_path_valid(new) {
-            return Err(STATUS_OBJECT_NAME_INVALID);
-        }
-        world::with(|w| {
-            let v = w.volume(volume.0).ok_or(STATUS_VOLUME_DISMOUNTED)?;
-            if v.files.contains_key(&key(new)) {
-                return Err(STATUS_OBJECT_NAME_COLLISION);
-            }
-            let dir = parent(new);
-            if dir != "\\" && !v.files.get(&key(dir)).is_some_and(|f| f.directory) {
-                return Err(STATUS_OBJECT_PATH_NOT_FOUND);
-            }
-            let mut node = v
-                .files
-                .remove(&key(old))
-                .ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
-            new.clone_into(&mut node.path);
-            v.files.insert(key(new), node);
-            Ok(())
-        })
+        world::with(|w| w.volume(volume.0)?.files.get(path).map(|f| f.size))
     }
 
     /// Opens `path` on `volume` from any thread: sends `IRP_MJ_CREATE` through the filter (pre-op,
@@ -241,20 +255,16 @@ impl Sim {
                 file_object as usize,
                 FileObjectState {
                     volume: volume.0,
+                    node: None,
                     stream: None,
                     path: path.clone(),
                     open: false,
                     volume_open: options.volume_open,
+                    cached: false,
                 },
             );
         });
-        let disposition = if options.create_new {
-            FILE_CREATE
-        } else if options.create {
-            FILE_OPEN_IF
-        } else {
-            FILE_OPEN
-        };
+        let disposition = options.create_disposition();
         let create_options = if options.directory {
             FILE_DIRECTORY_FILE
         } else {
@@ -282,7 +292,7 @@ impl Sim {
         let outcome = perform(&op, &mut |_| {
             create_in_file_system(volume.0, file_object, options)
         });
-        let Outcome::Done(status, _) = outcome else {
+        let Outcome::Done(status, information) = outcome else {
             unreachable!("a create is never fast I/O");
         };
         let opened = world::with(|w| {
@@ -307,6 +317,7 @@ impl Sim {
             object,
             volume: volume.0,
             closed: false,
+            information,
             _sim: PhantomData,
         })
     }
@@ -314,31 +325,38 @@ impl Sim {
 
 /// Adds a file or directory to `volume`'s file system (test setup, no I/O).
 fn put(volume: Volume, path: &str, size: u64, directory: bool, id: Option<u128>) -> u128 {
-    assert!(
-        is_directory_path_valid(path),
-        "fltsim: Sim::create_file: invalid path {path:?}"
-    );
     world::with(|w| {
         let v = w
             .volume(volume.0)
             .expect("fltsim: Sim::create_file: unknown volume");
-        let dir = parent(path);
-        assert!(
-            dir == "\\" || v.files.get(&key(dir)).is_some_and(|f| f.directory),
-            "fltsim: Sim::create_file: directory {dir:?} does not exist"
-        );
-        let id = id.unwrap_or_else(|| new_id(v));
-        v.files.insert(
-            key(path),
-            FileNode {
-                path: path.to_owned(),
-                id,
-                size,
-                directory,
-            },
-        );
-        id
+        put_in(&mut v.files, path, size, directory, id)
     })
+}
+
+/// Adds a file or directory to `files` (test setup, no I/O); returns its file id.
+fn put_in(
+    files: &mut fs::Namespace,
+    path: &str,
+    size: u64,
+    directory: bool,
+    id: Option<u128>,
+) -> u128 {
+    assert!(
+        is_directory_path_valid(path),
+        "fltsim: Sim::create_file: invalid path {path:?}"
+    );
+    assert!(
+        files.lookup(path).is_none(),
+        "fltsim: Sim::create_file: {path:?} exists"
+    );
+    let Some(dir) = files.parent_directory(path) else {
+        panic!(
+            "fltsim: Sim::create_file: directory {:?} does not exist",
+            parent(path)
+        );
+    };
+    let key = files.insert(path, dir, size, directory, id);
+    files.node(key).map_or(0, |n| n.id)
 }
 
 /// The file system's create: opens or creates the file and records the file object's stream.
@@ -365,52 +383,62 @@ fn create_in_file_system(
             return (STATUS_OBJECT_NAME_INVALID, 0);
         }
         let read_only = v.spec.read_only;
-        let (id, information) = match v.files.get(&key(&path)) {
-            Some(_) if options.create_new => return (STATUS_OBJECT_NAME_COLLISION, 0),
-            Some(node) if options.directory && !node.directory => {
+        let disposition = options.create_disposition();
+        // The disposition decides what happens and what IoStatus.Information says ("NtCreateFile
+        // function (ntifs.h)": CreateDisposition, and FILE_SUPERSEDED, FILE_OPENED, FILE_CREATED,
+        // FILE_OVERWRITTEN in IoStatusBlock->Information).
+        let replaces = matches!(
+            disposition,
+            FILE_SUPERSEDE | FILE_OVERWRITE | FILE_OVERWRITE_IF
+        );
+        let creates = matches!(
+            disposition,
+            FILE_SUPERSEDE | FILE_CREATE | FILE_OPEN_IF | FILE_OVERWRITE_IF
+        );
+        let existing = v.files.lookup(&path);
+        let (node, information) = match existing.and_then(|k| Some((k, v.files.node(k)?))) {
+            Some((_, node)) if node.delete_pending => return (STATUS_DELETE_PENDING, 0),
+            Some(_) if disposition == FILE_CREATE => return (STATUS_OBJECT_NAME_COLLISION, 0),
+            Some((_, node)) if options.directory && !node.directory => {
                 return (STATUS_NOT_A_DIRECTORY, 0);
             }
-            Some(node) => (node.id, FILE_OPENED),
-            None if !(options.create || options.create_new) => {
-                return (STATUS_OBJECT_NAME_NOT_FOUND, 0);
+            Some((_, node)) if replaces && node.directory => {
+                return (STATUS_FILE_IS_A_DIRECTORY, 0);
             }
-            None => {
-                let dir = parent(&path);
-                if dir != "\\" && !v.files.get(&key(dir)).is_some_and(|f| f.directory) {
-                    return (STATUS_OBJECT_PATH_NOT_FOUND, 0);
+            Some(_) if replaces && read_only => return (STATUS_MEDIA_WRITE_PROTECTED, 0),
+            Some((key, _)) if replaces => {
+                if let Some(file) = v.files.node_mut(key) {
+                    file.size = 0;
                 }
+                let information = if disposition == FILE_SUPERSEDE {
+                    FILE_SUPERSEDED
+                } else {
+                    FILE_OVERWRITTEN
+                };
+                (key, information)
+            }
+            Some((key, _)) => (key, FILE_OPENED),
+            None if !creates => return (STATUS_OBJECT_NAME_NOT_FOUND, 0),
+            None => {
+                let Some(dir) = v.files.parent_directory(&path) else {
+                    return (STATUS_OBJECT_PATH_NOT_FOUND, 0);
+                };
                 if read_only {
                     return (STATUS_MEDIA_WRITE_PROTECTED, 0);
                 }
-                let id = new_id(v);
-                let node = FileNode {
-                    path: path.clone(),
-                    id,
-                    size: 0,
-                    directory: options.directory,
-                };
-                v.files.insert(key(&path), node);
-                (id, FILE_CREATED)
+                let key = v.files.insert(&path, dir, 0, options.directory, None);
+                (key, FILE_CREATED)
             }
         };
-        *v.open_streams.entry(id).or_default() += 1;
+        let stream = default_stream(node);
+        *v.open_streams.entry(stream).or_default() += 1;
         if let Some(f) = w.file_objects.get_mut(&(file_object as usize)) {
-            f.stream = Some(id);
+            f.node = Some(node);
+            f.stream = Some(stream);
             f.open = true;
         }
         (STATUS_SUCCESS, information as usize)
     })
-}
-
-/// A new file id for `v`: 64-bit NTFS-style references, or 128-bit `ReFS` ids.
-fn new_id(v: &mut world::Volume) -> u128 {
-    v.next_id += 1;
-    let low = u128::from(v.next_id);
-    if v.spec.file_system == FileSystem::Refs {
-        (0x0000_0000_0000_0001_u128 << 64) | low
-    } else {
-        low
-    }
 }
 
 /// Drops one open of the stream of `file_object`; the last one deletes its stream contexts.
@@ -427,22 +455,21 @@ fn release_stream(volume: isize, file_object: usize) {
             return None;
         }
         v.open_streams.remove(&stream);
+        // The last handle of a deleted file closed: its name goes now.
+        let node = w.file_objects.get(&file_object).and_then(|f| f.node);
+        if let Some(v) = w.volume(volume)
+            && let Some(key) = node
+            && v.files.node(key).is_some_and(|n| n.delete_pending)
+        {
+            v.files.remove(key);
+        }
         Some(crate::context::stream_closed(w, volume, stream))
     });
     crate::context::finish(dying.unwrap_or_default());
 }
 
-fn major(code: u32) -> u8 {
+pub(crate) fn major(code: u32) -> u8 {
     u8::try_from(code).unwrap_or(u8::MAX)
-}
-
-/// Whether I/O of `kind` is paging I/O.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Cached,
-    NonCached,
-    Paging,
-    FastIo,
 }
 
 impl FileHandle<'_> {
@@ -452,89 +479,21 @@ impl FileHandle<'_> {
         &raw const self.object.object
     }
 
-    /// Reads `length` bytes at `offset` (cached, IRP).
-    pub fn read(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_READ, length, offset, Kind::Cached)
+    /// The file object, for the operations this handle issues.
+    pub(crate) fn raw_file_object(&mut self) -> *mut FILE_OBJECT {
+        &raw mut self.object.object
     }
 
-    /// Writes `length` bytes at `offset` (cached, IRP); extends the file.
-    pub fn write(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_WRITE, length, offset, Kind::Cached)
+    /// What the create did, from its `IoStatus.Information`: `FILE_CREATED`, `FILE_OPENED`,
+    /// `FILE_OVERWRITTEN` or `FILE_SUPERSEDED`.
+    #[must_use]
+    pub fn create_information(&self) -> usize {
+        self.information
     }
 
-    /// Non-cached read (`IRP_NOCACHE`).
-    pub fn read_noncached(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_READ, length, offset, Kind::NonCached)
-    }
-
-    /// Paging read (`IRP_PAGING_IO | IRP_NOCACHE`, as the memory manager sends): pre-op at
-    /// `APC_LEVEL`, `RequestorMode` `KernelMode`.
-    pub fn read_paging(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_READ, length, offset, Kind::Paging)
-    }
-
-    /// Paging write: does not extend the file.
-    pub fn write_paging(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_WRITE, length, offset, Kind::Paging)
-    }
-
-    /// Fast I/O read (`FLTFL_CALLBACK_DATA_FAST_IO_OPERATION`); if the filter returns
-    /// `FLT_PREOP_DISALLOW_FASTIO`, the I/O manager reissues it as an IRP.
-    pub fn fast_read(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_READ, length, offset, Kind::FastIo)
-    }
-
-    /// Fast I/O write, reissued as an IRP if the filter disallows fast I/O.
-    pub fn fast_write(&mut self, length: u32, offset: u64) -> IoResult {
-        self.transfer(IRP_MJ_WRITE, length, offset, Kind::FastIo)
-    }
-
-    fn transfer(&mut self, code: u32, length: u32, offset: u64, kind: Kind) -> IoResult {
-        let _exit = crate::session::checked();
-        let mut buffer = vec![0_u8; usize::try_from(length).unwrap_or(0)];
-        let mut parameters = FLT_PARAMETERS::default();
-        let offset_value = i64::try_from(offset).unwrap_or(i64::MAX);
-        if code == IRP_MJ_READ {
-            parameters.Read.Length = length;
-            parameters.Read.ByteOffset = offset_value;
-            parameters.Read.ReadBuffer = buffer.as_mut_ptr().cast();
-        } else {
-            parameters.Write.Length = length;
-            parameters.Write.ByteOffset = offset_value;
-            parameters.Write.WriteBuffer = buffer.as_mut_ptr().cast();
-        }
-        let irp_flags = match kind {
-            Kind::Cached | Kind::FastIo => 0,
-            Kind::NonCached => IRP_NOCACHE,
-            Kind::Paging => IRP_PAGING_IO | IRP_NOCACHE,
-        };
-        let mut op = Operation {
-            major: major(code),
-            minor: 0,
-            irp_flags,
-            fast_io: kind == Kind::FastIo,
-            file_object: &raw mut self.object.object,
-            volume: self.volume,
-            parameters,
-        };
-        let file_object = op.file_object as usize;
-        let volume = self.volume;
-        let paging = kind == Kind::Paging;
-        let mut file_system =
-            |p: &FLT_PARAMETERS| transfer_in_file_system(volume, file_object, code, p, paging);
-        let mut outcome = perform(&op, &mut file_system);
-        if outcome == Outcome::FastIoDisallowed {
-            op.fast_io = false;
-            outcome = perform(&op, &mut file_system);
-        }
-        drop(buffer);
-        match outcome {
-            Outcome::Done(status, information) => IoResult {
-                status,
-                information,
-            },
-            Outcome::FastIoDisallowed => unreachable!("an IRP cannot be refused as fast I/O"),
-        }
+    /// The volume the handle is on.
+    pub(crate) fn volume_handle(&self) -> isize {
+        self.volume
     }
 
     /// Closes the handle: `IRP_MJ_CLEANUP` then `IRP_MJ_CLOSE` through the filter. The stream's
@@ -577,8 +536,12 @@ impl FileHandle<'_> {
                 result = status;
             }
         }
+        world::with(|w| crate::transfer::unlock_all(w, self.volume, file_object as usize));
         release_stream(self.volume, file_object as usize);
-        world::with(|w| w.file_objects.remove(&(file_object as usize)));
+        world::with(|w| {
+            w.file_objects.remove(&(file_object as usize));
+            w.bypass_io.remove(&(file_object as usize));
+        });
         result
     }
 }
@@ -589,64 +552,4 @@ impl Drop for FileHandle<'_> {
             self.close_now();
         }
     }
-}
-
-/// The file system's read or write.
-fn transfer_in_file_system(
-    volume: isize,
-    file_object: usize,
-    code: u32,
-    p: &FLT_PARAMETERS,
-    paging: bool,
-) -> (NTSTATUS, usize) {
-    // SAFETY: reads and writes have the same layout; the operation set the member for `code`.
-    let (length, offset) = unsafe {
-        if code == IRP_MJ_READ {
-            (p.Read.Length, p.Read.ByteOffset)
-        } else {
-            (p.Write.Length, p.Write.ByteOffset)
-        }
-    };
-    let length = u64::from(length);
-    let offset = u64::try_from(offset).unwrap_or(0);
-    world::with(|w| {
-        let Some(state) = w.file_objects.get(&file_object) else {
-            return (STATUS_INVALID_PARAMETER, 0);
-        };
-        let (stream, volume_open) = (state.stream, state.volume_open);
-        let Some(v) = w.volume(volume).filter(|v| !v.removed) else {
-            return (STATUS_VOLUME_DISMOUNTED, 0);
-        };
-        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        if volume_open {
-            return if code == IRP_MJ_WRITE && v.spec.read_only {
-                (STATUS_MEDIA_WRITE_PROTECTED, 0)
-            } else {
-                (STATUS_SUCCESS, to_usize(length))
-            };
-        }
-        let read_only = v.spec.read_only;
-        let Some(node) = v.files.values_mut().find(|f| Some(f.id) == stream) else {
-            return (STATUS_INVALID_PARAMETER, 0);
-        };
-        if node.directory {
-            return (STATUS_INVALID_DEVICE_REQUEST, 0);
-        }
-        if code == IRP_MJ_READ {
-            if offset >= node.size {
-                return (STATUS_END_OF_FILE, 0);
-            }
-            return (STATUS_SUCCESS, to_usize(length.min(node.size - offset)));
-        }
-        if read_only {
-            return (STATUS_MEDIA_WRITE_PROTECTED, 0);
-        }
-        if paging {
-            // Paging writes never extend the file: the part past end of file is dropped.
-            let written = node.size.saturating_sub(offset).min(length);
-            return (STATUS_SUCCESS, to_usize(written));
-        }
-        node.size = node.size.max(offset + length);
-        (STATUS_SUCCESS, to_usize(length))
-    })
 }

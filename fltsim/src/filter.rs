@@ -61,10 +61,25 @@ pub unsafe extern "system" fn FltRegisterFilter(
     }
     // SAFETY: non-null, and the caller passes its FLT_REGISTRATION, valid for the call.
     let registration = unsafe { &*registration };
-    let filter = match parse_registration(registration) {
+    let mut filter = match parse_registration(registration) {
         Ok(filter) => filter,
         Err(status) => return status,
     };
+    // Filter Manager reads the service's instance definitions and features from the registry: no
+    // service key or no registered instance is STATUS_OBJECT_NAME_NOT_FOUND (`docs/kernel-rules.md`,
+    // "Registration and unload"; "FltRegisterFilter function (fltkernel.h)").
+    // SAFETY: checked non-null; the caller passes its driver object.
+    let Some(service) = (unsafe { crate::service::service_of(driver) }) else {
+        violation("fltsim: FltRegisterFilter: Driver is not a loaded driver's object".into());
+        return STATUS_INVALID_PARAMETER;
+    };
+    match crate::service::filter_settings(&service) {
+        Ok(settings) => {
+            filter.supported_features = settings.supported_features;
+            filter.service = service;
+        }
+        Err(status) => return status,
+    }
     let handle = filter.anchor.handle();
     let accepted = world::with(|w| {
         if w.filter
@@ -114,6 +129,9 @@ fn parse_registration(registration: &FLT_REGISTRATION) -> Result<Filter, NTSTATU
         teardown_complete: InstanceTeardown::from_driver(
             registration.InstanceTeardownCompleteCallback,
         ),
+        flags: registration.Flags,
+        supported_features: 0,
+        service: String::new(),
     })
 }
 
@@ -461,7 +479,7 @@ pub(crate) fn unload(mandatory: bool) -> NTSTATUS {
         Ok(callback) => callback,
         Err(message) => panic!("{message}"),
     };
-    // Without FilterUnloadCallback Filter Manager cannot unload the filter (kernel-facts.md).
+    // Without FilterUnloadCallback Filter Manager cannot unload the filter (`docs/kernel-rules.md`, "Registration and unload").
     let Some(callback) = callback else {
         return STATUS_NOT_SUPPORTED;
     };

@@ -12,6 +12,7 @@ use std::ptr;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_POSTOP_FINISHED_PROCESSING, FLT_RELATED_OBJECTS,
     FLTFL_INSTANCE_TEARDOWN_MANUAL, FLTFL_POST_OPERATION_DRAINING,
+    FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME,
 };
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_FLT_DO_NOT_DETACH, STATUS_SUCCESS};
 
@@ -31,12 +32,22 @@ pub(crate) fn setup(volume: isize, flags: u32) -> Option<isize> {
             .filter(|f| f.state == FilterState::Started)?;
         let callback = filter.setup;
         let filter_handle = filter.anchor.handle();
+        let supports_dax = filter.flags & FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME != 0;
         let spec = w.volume(volume).filter(|v| !v.removed)?.spec.clone();
+        // Filter Manager attaches to a direct-access volume only filters that registered
+        // FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME (`docs/kernel-rules.md`, "Registration and unload";
+        // "FLT_REGISTRATION structure (fltkernel.h)").
+        if spec.dax && !supports_dax {
+            return None;
+        }
         if w.instance_on(volume).is_some() {
             return None;
         }
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
+        if let Some(v) = w.volume(volume) {
+            v.instance = Some(handle);
+        }
         w.instances.insert(
             handle,
             Instance {

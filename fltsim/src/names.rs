@@ -253,10 +253,10 @@ struct Names {
 fn current_names(file_object: usize) -> Option<Names> {
     world::with(|w| {
         let fo = w.file_objects.get(&file_object)?;
-        let (volume, stream, opened) = (fo.volume, fo.stream, fo.path.clone());
+        let (volume, node, stream, opened) = (fo.volume, fo.node, fo.stream, fo.path.clone());
         let v = w.volume(volume)?;
-        let stored = stream
-            .and_then(|id| v.files.values().find(|f| f.id == id))
+        let stored = node
+            .and_then(|key| v.files.node(key))
             .map(|f| f.path.clone());
         Some(Names {
             file_object,

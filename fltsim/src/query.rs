@@ -16,17 +16,18 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::Storage::FileSystem::FILE_ID_128;
 
 use crate::file::CLUSTER;
+use crate::fs::FileNode;
 use crate::irql::PASSIVE_LEVEL;
 use crate::verifier::{irql_at_most, violation};
-use crate::volume::FileSystem;
-use crate::world::{self, FileNode, InstanceState};
+use crate::volume::{FileIdAnswer, FileSystem};
+use crate::world::{self, InstanceState};
 
 /// What a query may look at: the node behind an open file object on `instance`'s volume.
 fn open_node(
     routine: &str,
     instance: PFLT_INSTANCE,
     file_object: *const FILE_OBJECT,
-) -> Result<(FileNode, FileSystem, u64), NTSTATUS> {
+) -> Result<(FileNode, FileSystem, u64, FileIdAnswer), NTSTATUS> {
     world::with(|w| {
         let Some(inst) = w.instances.get(&instance).filter(|i| i.state != InstanceState::Gone) else {
             return Err(Err(format!("fltsim: invalid handle: {routine} got instance {instance:#x}, which is not a live instance")));
@@ -47,12 +48,13 @@ fn open_node(
         if state.volume_open {
             return Err(Ok(STATUS_INVALID_PARAMETER));
         }
-        let stream = state.stream;
+        let key = state.node;
         let v = w.volume(volume).ok_or(Ok(STATUS_INVALID_PARAMETER))?;
         let fs = v.spec.file_system;
         let serial = v.spec.serial;
-        let node = v.files.values().find(|f| Some(f.id) == stream).cloned().ok_or(Ok(STATUS_INVALID_PARAMETER))?;
-        Ok((node, fs, serial))
+        let answer = v.spec.file_ids;
+        let node = key.and_then(|k| v.files.node(k)).cloned().ok_or(Ok(STATUS_INVALID_PARAMETER))?;
+        Ok((node, fs, serial, answer))
     })
     .map_err(|e| match e {
         Ok(status) => status,
@@ -106,10 +108,11 @@ pub unsafe extern "system" fn FltQueryInformationFile(
         );
         return STATUS_INVALID_PARAMETER;
     }
-    let (node, fs, serial) = match open_node("FltQueryInformationFile", instance, fileobject) {
-        Ok(found) => found,
-        Err(status) => return status,
-    };
+    let (node, fs, serial, answer) =
+        match open_node("FltQueryInformationFile", instance, fileobject) {
+            Ok(found) => found,
+            Err(status) => return status,
+        };
     if fileinformation.is_null() {
         violation("fltsim: FltQueryInformationFile: FileInformation is NULL".into());
         return STATUS_INVALID_PARAMETER;
@@ -140,7 +143,12 @@ pub unsafe extern "system" fn FltQueryInformationFile(
             let info = FILE_ID_INFORMATION {
                 VolumeSerialNumber: serial,
                 FileId: FILE_ID_128 {
-                    Identifier: node.id.to_le_bytes(),
+                    Identifier: match answer {
+                        FileIdAnswer::Ids => node.id,
+                        FileIdAnswer::Zero => 0,
+                        FileIdAnswer::AllOnes => u128::MAX,
+                    }
+                    .to_le_bytes(),
                 },
             };
             // SAFETY: as above.

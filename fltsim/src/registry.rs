@@ -1,21 +1,26 @@
-//! Simulated registry: `ZwOpenKey`, `ZwQueryValueKey` and `ZwClose` over keys a test fills in.
+//! Simulated registry: `ZwOpenKey`, `IoOpenDriverRegistryKey`, `ZwQueryValueKey` and `ZwClose` over
+//! keys a test fills in.
 //!
-//! A driver reads its settings at load from its service key (the `RegistryPath` given to
-//! `DriverEntry`, e.g. `\REGISTRY\MACHINE\SYSTEM\CurrentControlSet\Services\iotally\Parameters`).
-//! Tests put values there with [`set_value`] before loading the driver. Key paths and value names
-//! compare case-insensitively, as in the real registry. Handles are kernel handles: using one that is
-//! not open bugchecks (`INVALID_KERNEL_HANDLE`), and handles still open are listed by [`open_handles`]
-//! for the verifier report.
+//! A driver reads its settings at load from its service key's `Parameters` subkey, which
+//! `IoOpenDriverRegistryKey(DriverObject, DriverRegKeyParameters, ...)` opens
+//! (`\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\<service>\Parameters` here). Tests install
+//! the driver's keys from its INF ([`crate::inf::install`]) or with
+//! [`crate::service::install_minifilter`], and put settings there with [`set_value`] before loading
+//! the driver. Key paths and value names compare case-insensitively, as in the real registry. Handles
+//! are kernel handles: using one that is not open bugchecks (`INVALID_KERNEL_HANDLE`), and handles
+//! still open are listed by [`open_handles`] for the verifier report.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+use windows_sys::Wdk::Foundation::{DRIVER_OBJECT, OBJECT_ATTRIBUTES};
 use windows_sys::Wdk::System::Registry::{KEY_VALUE_INFORMATION_CLASS, KeyValuePartialInformation};
-use windows_sys::Wdk::System::SystemServices::KEY_VALUE_PARTIAL_INFORMATION;
+use windows_sys::Wdk::System::SystemServices::{
+    DRIVER_REGKEY_TYPE, DriverRegKeyParameters, KEY_VALUE_PARTIAL_INFORMATION,
+};
 use windows_sys::Win32::Foundation::{
     HANDLE, NTSTATUS, OBJ_KERNEL_HANDLE, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL,
-    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
+    STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
 };
 use windows_sys::Win32::System::Registry::{REG_BINARY, REG_DWORD, REG_QWORD, REG_SZ};
 
@@ -60,6 +65,17 @@ struct Registry {
     next_handle: usize,
 }
 
+impl Registry {
+    /// A new kernel handle to `path` (lower-cased, existing).
+    fn open(&mut self, path: String) -> HANDLE {
+        self.next_handle += 4;
+        // Kernel handles have the top bit set.
+        let handle = 0xFFFF_FFFF_8000_0000_usize | self.next_handle;
+        self.handles.insert(handle, path);
+        handle as HANDLE
+    }
+}
+
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
@@ -90,6 +106,35 @@ pub fn set_value(key: &str, name: &str, value: Value) {
             .or_default()
             .insert(name.to_lowercase(), value);
     });
+}
+
+/// Deletes `key` and all its subkeys (an uninstall, or a test that needs a key missing).
+pub fn delete_key(key: &str) {
+    let key = key.to_lowercase();
+    let prefix = format!("{key}\\");
+    with(|registry| {
+        registry
+            .keys
+            .retain(|path, _| *path != key && !path.starts_with(&prefix));
+    });
+}
+
+/// The value `name` of `key`, if both exist.
+#[must_use]
+pub fn value(key: &str, name: &str) -> Option<Value> {
+    with(|registry| {
+        registry
+            .keys
+            .get(&key.to_lowercase())
+            .and_then(|values| values.get(&name.to_lowercase()))
+            .cloned()
+    })
+}
+
+/// Whether `key` exists.
+#[must_use]
+pub fn key_exists(key: &str) -> bool {
+    with(|registry| registry.keys.contains_key(&key.to_lowercase()))
 }
 
 /// Registry handles opened and not closed, with the key each refers to.
@@ -126,7 +171,8 @@ fn key_of(registry: &Registry, handle: HANDLE, routine: &str) -> String {
         })
 }
 
-/// `ZwOpenKey`: opens an existing key by its full path (`PASSIVE_LEVEL`).
+/// `ZwOpenKey`: opens an existing key by its full path (`PASSIVE_LEVEL`). Every call is reported
+/// as a driver isolation violation, as Driver Verifier's isolation checks do for absolute paths.
 ///
 /// # Safety
 /// The pointers must be valid as the routine's contract requires.
@@ -152,19 +198,76 @@ pub unsafe extern "system" fn ZwOpenKey(
     let Some(path) = (unsafe { read_unicode(attributes.ObjectName) }) else {
         panic!("fltsim: ZwOpenKey: ObjectName is not a valid UNICODE_STRING");
     };
-    with(|registry| {
+    // Driver Verifier's driver isolation checks (`verifier /rc 33 36`) report registry access by
+    // absolute path: an isolated driver opens its keys with IoOpenDriverRegistryKey and relative
+    // names ("Validating Windows Drivers"; `docs/kernel-rules.md`, "Registry").
+    crate::world::with(|w| {
+        w.findings.push(format!(
+            "DRIVER_ISOLATION_VIOLATION: ZwOpenKey of the absolute path {path} (open the driver's \
+             keys with IoOpenDriverRegistryKey instead)"
+        ));
+    });
+    let handle = with(|registry| {
         let path = path.to_lowercase();
-        if !registry.keys.contains_key(&path) {
-            return STATUS_OBJECT_NAME_NOT_FOUND;
+        registry
+            .keys
+            .contains_key(&path)
+            .then(|| registry.open(path))
+    });
+    let Some(handle) = handle else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    // SAFETY: the caller passes a writable handle pointer.
+    unsafe { *key_handle = handle };
+    STATUS_SUCCESS
+}
+
+/// `IoOpenDriverRegistryKey` with `DriverRegKeyParameters`: opens the calling driver's
+/// `<service key>\Parameters` key, creating it if the service key exists ("`IoOpenDriverRegistryKey`
+/// function (wdm.h)": `PASSIVE_LEVEL`, `Flags` must be 0, the driver object must be the caller's).
+/// The persistent-state key types are not modeled.
+///
+/// Returns `STATUS_OBJECT_NAME_NOT_FOUND` when the driver's service is not installed,
+/// `STATUS_INVALID_PARAMETER` for nonzero `Flags`.
+///
+/// # Safety
+/// `driver_object` must be the loaded driver's object; `driver_reg_key` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoOpenDriverRegistryKey(
+    driver_object: *const DRIVER_OBJECT,
+    reg_key_type: DRIVER_REGKEY_TYPE,
+    _desired_access: u32,
+    flags: u32,
+    driver_reg_key: *mut HANDLE,
+) -> NTSTATUS {
+    irql::check_max("IoOpenDriverRegistryKey", PASSIVE_LEVEL);
+    assert!(
+        reg_key_type == DriverRegKeyParameters,
+        "fltsim: not modeled: IoOpenDriverRegistryKey of key type {reg_key_type} (only \
+         DriverRegKeyParameters)"
+    );
+    if flags != 0 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the caller passes its driver object.
+    let Some(service) = (unsafe { crate::service::service_of(driver_object) }) else {
+        panic!("fltsim: IoOpenDriverRegistryKey: DriverObject is not a loaded driver's object");
+    };
+    let service_key = crate::service::service_key(&service).to_lowercase();
+    let handle = with(|registry| {
+        if !registry.keys.contains_key(&service_key) {
+            return None;
         }
-        registry.next_handle += 4;
-        // Kernel handles have the top bit set.
-        let handle = 0xFFFF_FFFF_8000_0000_usize | registry.next_handle;
-        registry.handles.insert(handle, path);
-        // SAFETY: the caller passes a writable handle pointer.
-        unsafe { *key_handle = handle as HANDLE };
-        STATUS_SUCCESS
-    })
+        let parameters = format!(r"{service_key}\parameters");
+        registry.keys.entry(parameters.clone()).or_default();
+        Some(registry.open(parameters))
+    });
+    let Some(handle) = handle else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    // SAFETY: the caller passes a writable handle pointer.
+    unsafe { *driver_reg_key = handle };
+    STATUS_SUCCESS
 }
 
 /// `ZwQueryValueKey` with `KeyValuePartialInformation` (`PASSIVE_LEVEL`).
@@ -211,25 +314,29 @@ pub unsafe extern "system" fn ZwQueryValueKey(
     if length < header {
         return STATUS_BUFFER_TOO_SMALL;
     }
-    let info = key_value_information.cast::<KEY_VALUE_PARTIAL_INFORMATION>();
-    // SAFETY: the buffer is writable for `length >= header` bytes, enough for the fixed part; the
-    // caller's buffer may be unaligned, hence the unaligned writes.
+    let fixed = KEY_VALUE_PARTIAL_INFORMATION {
+        TitleIndex: 0,
+        Type: kind,
+        DataLength: u32::try_from(bytes.len()).unwrap_or(0),
+        Data: [0],
+    };
+    // SAFETY: the buffer is writable for `length >= header` bytes, and `header` is the fixed part's
+    // size (the structure's first `header` bytes are its three ULONGs); the caller's buffer may be
+    // unaligned, so the bytes are copied.
     unsafe {
-        (&raw mut (*info).TitleIndex).write_unaligned(0);
-        (&raw mut (*info).Type).write_unaligned(kind);
-        (&raw mut (*info).DataLength).write_unaligned(u32::try_from(bytes.len()).unwrap_or(0));
+        std::ptr::copy_nonoverlapping(
+            (&raw const fixed).cast::<u8>(),
+            key_value_information.cast::<u8>(),
+            header,
+        );
     }
     if length < needed {
         return STATUS_BUFFER_OVERFLOW;
     }
+    // SAFETY: `header` is within the caller's buffer (checked above).
+    let data = unsafe { key_value_information.cast::<u8>().add(header) };
     // SAFETY: the buffer holds `needed` bytes: the header then `bytes.len()` bytes of data.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            key_value_information.cast::<u8>().add(header),
-            bytes.len(),
-        );
-    }
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
     STATUS_SUCCESS
 }
 
@@ -262,3 +369,13 @@ const _: [unsafe extern "system" fn(
 ];
 const _: [unsafe extern "system" fn(HANDLE) -> NTSTATUS; 2] =
     [ZwClose, windows_sys::Wdk::System::SystemServices::ZwClose];
+const _: [unsafe extern "system" fn(
+    *const DRIVER_OBJECT,
+    DRIVER_REGKEY_TYPE,
+    u32,
+    u32,
+    *mut HANDLE,
+) -> NTSTATUS; 2] = [
+    IoOpenDriverRegistryKey,
+    windows_sys::Wdk::System::SystemServices::IoOpenDriverRegistryKey,
+];

@@ -13,7 +13,7 @@ use windows_sys::Win32::Foundation::{
 use crate::abi::{DriverEntry, DriverEntryFn};
 use crate::filter::DriverImage;
 use crate::verifier::{self, Report, tag_text};
-use crate::volume::{Volume, VolumeSpec};
+use crate::volume::{FastIo, Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
 
 /// Serializes simulations: the simulated kernel and a loaded driver's globals are process-wide.
@@ -62,6 +62,7 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::service::reset();
         crate::hang::reset();
         crate::pause::reset();
         crate::names::reset();
@@ -154,13 +155,16 @@ impl Sim {
         let anchor = world::Anchor::new();
         let handle = anchor.handle();
         world::with(|w| {
-            w.volumes.push(world::Volume {
+            w.add_volume(world::Volume {
                 anchor,
+                files: crate::fs::Namespace::new(spec.file_system),
                 spec,
                 removed: false,
-                files: std::collections::HashMap::new(),
-                next_id: 0x10_0000_0000_0005,
                 open_streams: std::collections::HashMap::new(),
+                instance: None,
+                locks: std::collections::HashMap::new(),
+                fast_io: crate::volume::FastIo::Possible,
+                fast_io_rng: 0,
             });
         });
         crate::instance::setup(
@@ -244,6 +248,18 @@ impl Sim {
     /// their post-op at `PASSIVE_LEVEL`.
     pub fn set_post_irql(&self, irql: PostIrql) {
         world::with(|w| w.post_irql = irql);
+    }
+
+    /// Chooses when `volume`'s file system refuses fast I/O beyond the cases it always refuses
+    /// (a file object not cached yet, a conflicting byte-range lock); see [`FastIo`]. A refused
+    /// fast read or write is reissued as an IRP, as the I/O manager does.
+    pub fn set_fast_io(&self, volume: Volume, fast_io: FastIo) {
+        world::with(|w| {
+            if let Some(v) = w.volume(volume.0) {
+                v.fast_io = fast_io;
+                v.fast_io_rng = 0;
+            }
+        });
     }
 
     /// From now on, operations that reach the file system wait there until [`Sim::release_io`]:

@@ -4,6 +4,10 @@
 use std::mem::size_of;
 
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{FLT_VOLUME_PROPERTIES, PFLT_VOLUME};
+use windows_sys::Wdk::Storage::FileSystem::{
+    SUPPORTED_FS_FEATURES_BYPASS_IO, SUPPORTED_FS_FEATURES_OFFLOAD_READ,
+    SUPPORTED_FS_FEATURES_OFFLOAD_WRITE,
+};
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER,
     STATUS_SUCCESS, UNICODE_STRING,
@@ -80,6 +84,41 @@ impl FileSystem {
     }
 }
 
+/// When a simulated file system refuses fast I/O (its fast I/O routine returns FALSE, and the I/O
+/// manager reissues the request as an IRP: "IRPs Are Different From Fast I/O"), beyond the cases it
+/// always refuses: a file object whose caching is not initialized yet, and a range another file
+/// object holds a conflicting byte-range lock on ([`crate::Sim::set_fast_io`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FastIo {
+    /// Fast I/O is possible on cached file objects (the default).
+    #[default]
+    Possible,
+    /// Every fast I/O is refused, as with `FastIoIsNotPossible` in the file's FCB header.
+    Refused,
+    /// A seeded pseudo-random one in `one_in` fast I/O operations is refused (as when the data is
+    /// not resident and the caller cannot wait: "`FsRtlCopyRead` function (ntifs.h)").
+    Seeded {
+        /// The generator's seed.
+        seed: u64,
+        /// One refusal in this many fast I/O operations, on average (0 or 1: every one).
+        one_in: u32,
+    },
+}
+
+/// What `FileIdInformation` returns on a volume whose file system supports it
+/// ([`VolumeSpec::file_id_information`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FileIdAnswer {
+    /// The file's ID (the default).
+    #[default]
+    Ids,
+    /// 0 for every file: "For file systems that do not support a 128-bit file ID, this field must
+    /// be set to 0" ("`FILE_ID_INFORMATION` structure (ntifs.h)").
+    Zero,
+    /// All-ones for every file: MS-FSCC's value for a file system that cannot establish an ID.
+    AllOnes,
+}
+
 /// Describes a volume for [`crate::Sim::add_volume`].
 #[derive(Clone, Debug)]
 pub struct VolumeSpec {
@@ -91,18 +130,65 @@ pub struct VolumeSpec {
     pub read_only: bool,
     /// The volume serial number (`FILE_ID_INFORMATION.VolumeSerialNumber`).
     pub serial: u64,
+    /// The optional features the file system and storage offer (`SUPPORTED_FS_FEATURES_*`); the
+    /// volume keeps those every attached minifilter supports ([`crate::Sim::volume_features`]).
+    pub features: u32,
+    /// A direct-access (DAX) volume: only filters registered with
+    /// `FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME` are attached to it.
+    pub dax: bool,
+    /// What `FileIdInformation` answers on NTFS and `ReFS`.
+    pub file_ids: FileIdAnswer,
 }
 
 impl VolumeSpec {
-    /// A writable volume named `name` with file system `file_system` (CDFS volumes are read-only).
+    /// A writable volume named `name` with file system `file_system` (CDFS volumes are read-only),
+    /// offering the features its file system has on capable storage: offloaded read and write
+    /// (ODX) on NTFS and `ReFS`, BypassIO on NTFS (an NVMe disk); nothing on the others.
     #[must_use]
     pub fn new(name: &str, file_system: FileSystem) -> Self {
+        let features = match file_system {
+            FileSystem::Ntfs => {
+                SUPPORTED_FS_FEATURES_OFFLOAD_READ
+                    | SUPPORTED_FS_FEATURES_OFFLOAD_WRITE
+                    | SUPPORTED_FS_FEATURES_BYPASS_IO
+            }
+            FileSystem::Refs => {
+                SUPPORTED_FS_FEATURES_OFFLOAD_READ | SUPPORTED_FS_FEATURES_OFFLOAD_WRITE
+            }
+            _ => 0,
+        };
         Self {
             name: name.to_owned(),
             file_system,
             read_only: file_system == FileSystem::Cdfs,
             serial: 0x5EED_0000_0000_0001,
+            features,
+            dax: false,
+            file_ids: FileIdAnswer::Ids,
         }
+    }
+
+    /// The same volume offering exactly `features` (`SUPPORTED_FS_FEATURES_*`).
+    #[must_use]
+    pub fn with_features(mut self, features: u32) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// The same volume on direct-access storage (DAX), where the file system refuses BypassIO
+    /// ("Supporting BypassIO operations").
+    #[must_use]
+    pub fn dax(mut self) -> Self {
+        self.dax = true;
+        self.features &= !SUPPORTED_FS_FEATURES_BYPASS_IO;
+        self
+    }
+
+    /// The same volume, with `FileIdInformation` answering `answer`.
+    #[must_use]
+    pub fn file_id_information(mut self, answer: FileIdAnswer) -> Self {
+        self.file_ids = answer;
+        self
     }
 
     /// The same volume, read-only.

@@ -14,7 +14,8 @@ use crate::abi::{
     InstanceQueryTeardown, InstanceSetup, InstanceTeardown, MessageNotify, PostOperation,
     PreOperation,
 };
-use crate::volume::VolumeSpec;
+use crate::fs::{Namespace, NodeKey};
+use crate::volume::{FastIo, VolumeSpec};
 
 /// Locks `mutex`, ignoring poisoning: a test that panicked on purpose must not break the next one.
 pub(crate) fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +122,12 @@ pub(crate) struct Filter {
     pub query_teardown: Option<InstanceQueryTeardown>,
     pub teardown_start: Option<InstanceTeardown>,
     pub teardown_complete: Option<InstanceTeardown>,
+    /// `FLT_REGISTRATION.Flags` (`FLTFL_REGISTRATION_*`).
+    pub flags: u32,
+    /// The `SupportedFeatures` registry value read at registration (`SUPPORTED_FS_FEATURES_*`).
+    pub supported_features: u32,
+    /// The driver's service name.
+    pub service: String,
 }
 
 /// A simulated volume and its file system.
@@ -129,25 +136,35 @@ pub(crate) struct Volume {
     pub spec: VolumeSpec,
     /// Dismounted by [`crate::Sim::remove_volume`].
     pub removed: bool,
-    /// Files by upper-cased path relative to the volume root (`\dir\file.txt`).
-    pub files: HashMap<String, FileNode>,
-    /// Next file id to hand out.
-    pub next_id: u64,
+    /// The file system's files and directories.
+    pub files: Namespace,
     /// Open file objects per stream (file key).
     pub open_streams: HashMap<u128, usize>,
+    /// The instance attached to the volume most recently (it may be gone since).
+    pub instance: Option<isize>,
+    /// Byte-range locks per stream.
+    pub locks: HashMap<u128, Vec<ByteRangeLock>>,
+    /// When the file system refuses fast I/O beyond the documented cases.
+    pub fast_io: FastIo,
+    /// State of the seeded refusals of [`FastIo::Seeded`].
+    pub fast_io_rng: u64,
 }
 
-/// One file or directory of a simulated volume.
-#[derive(Clone, Debug)]
-pub(crate) struct FileNode {
-    /// The path as created (case preserved), relative to the volume root.
-    pub path: String,
-    /// The file system's file id: 64-bit ids are zero-extended; `ReFS` uses all 128 bits.
-    pub id: u128,
-    /// End of file.
-    pub size: u64,
-    /// Whether it is a directory.
-    pub directory: bool,
+/// A byte-range lock (`IRP_MJ_LOCK_CONTROL`), owned by the file object that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ByteRangeLock {
+    pub owner: usize,
+    pub offset: u64,
+    pub length: u64,
+    pub exclusive: bool,
+}
+
+impl ByteRangeLock {
+    /// Whether the lock covers part of `[offset, offset + length)`.
+    pub(crate) fn overlaps(&self, offset: u64, length: u64) -> bool {
+        offset < self.offset.saturating_add(self.length)
+            && self.offset < offset.saturating_add(length)
+    }
 }
 
 /// Where an instance is in its life.
@@ -231,7 +248,9 @@ pub(crate) struct Context {
 /// A simulated `FILE_OBJECT`'s state, keyed by its address.
 pub(crate) struct FileObjectState {
     pub volume: isize,
-    /// The stream (file key) once the create succeeded; `None` for volume opens and before.
+    /// The file or directory once the create succeeded; `None` for volume opens and before.
+    pub node: Option<NodeKey>,
+    /// The stream (the key stream contexts hang on) once the create succeeded.
     pub stream: Option<u128>,
     /// Path relative to the volume root, as opened.
     pub path: String,
@@ -239,6 +258,8 @@ pub(crate) struct FileObjectState {
     pub open: bool,
     /// Whether this is a volume open (`FO_VOLUME_OPEN`).
     pub volume_open: bool,
+    /// Whether the file system initialized caching on this file object (`PrivateCacheMap`).
+    pub cached: bool,
 }
 
 /// Why a callback data exists, for routines that take one.
@@ -304,7 +325,10 @@ pub(crate) struct World {
     /// Whether the `FilterUnload` now running is mandatory.
     pub unloading_mandatory: bool,
     pub filter: Option<Filter>,
+    /// Volumes in the order they were mounted.
     pub volumes: Vec<Volume>,
+    /// Index into `volumes` by volume handle.
+    pub volume_index: HashMap<isize, usize>,
     pub instances: HashMap<isize, Instance>,
     pub contexts: HashMap<usize, Context>,
     pub file_objects: HashMap<usize, FileObjectState>,
@@ -324,6 +348,8 @@ pub(crate) struct World {
     pub held: usize,
     /// Findings for the report that are not panics.
     pub findings: Vec<String>,
+    /// File objects with BypassIO enabled (`FSCTL_MANAGE_BYPASS_IO`), by address.
+    pub bypass_io: std::collections::HashSet<usize>,
 }
 
 impl World {
@@ -334,16 +360,24 @@ impl World {
 
     /// The volume with handle `handle`.
     pub(crate) fn volume(&mut self, handle: isize) -> Option<&mut Volume> {
-        self.volumes
-            .iter_mut()
-            .find(|v| v.anchor.handle() == handle)
+        let index = *self.volume_index.get(&handle)?;
+        self.volumes.get_mut(index)
+    }
+
+    /// Mounts `volume` (it keeps its place in `volumes` forever).
+    pub(crate) fn add_volume(&mut self, volume: Volume) {
+        self.volume_index
+            .insert(volume.anchor.handle(), self.volumes.len());
+        self.volumes.push(volume);
     }
 
     /// The instance attached to volume `volume`, if it is attached or tearing down.
     pub(crate) fn instance_on(&self, volume: isize) -> Option<isize> {
+        let index = *self.volume_index.get(&volume)?;
+        let instance = self.volumes.get(index)?.instance?;
         self.instances
-            .iter()
-            .find(|(_, i)| i.volume == volume && i.state != InstanceState::Gone)
-            .map(|(&h, _)| h)
+            .get(&instance)
+            .is_some_and(|i| i.state != InstanceState::Gone)
+            .then_some(instance)
     }
 }

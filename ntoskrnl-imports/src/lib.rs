@@ -11,7 +11,6 @@
 //! symbols. Each declaration keeps windows-sys's exact signature (checked at compile time below).
 #![no_std]
 
-use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
 use windows_sys::Wdk::System::Registry::KEY_VALUE_INFORMATION_CLASS;
 use windows_sys::Win32::Foundation::{HANDLE, NTSTATUS, UNICODE_STRING};
 use windows_sys::core::PCSTR;
@@ -25,13 +24,6 @@ unsafe extern "system" {
     /// consecutive 8-byte argument slots) to the kernel debugger, if the component's filter mask lets
     /// `level` through. Any IRQL (Unicode formats only at `PASSIVE_LEVEL`); at most 512 bytes a call.
     pub fn vDbgPrintEx(componentid: u32, level: u32, format: PCSTR, arglist: *const i8) -> u32;
-
-    /// `ZwOpenKey`: opens a registry key (`PASSIVE_LEVEL`).
-    pub fn ZwOpenKey(
-        keyhandle: *mut HANDLE,
-        desiredaccess: u32,
-        objectattributes: *const OBJECT_ATTRIBUTES,
-    ) -> NTSTATUS;
 
     /// `ZwQueryValueKey`: reads a value of an open registry key (`PASSIVE_LEVEL`).
     pub fn ZwQueryValueKey(
@@ -52,8 +44,6 @@ const _: [unsafe extern "system" fn(u32, u32, PCSTR, *const i8) -> u32; 2] = [
     vDbgPrintEx,
     windows_sys::Wdk::System::SystemServices::vDbgPrintEx,
 ];
-const _: [unsafe extern "system" fn(*mut HANDLE, u32, *const OBJECT_ATTRIBUTES) -> NTSTATUS; 2] =
-    [ZwOpenKey, windows_sys::Wdk::System::Registry::ZwOpenKey];
 #[rustfmt::skip]
 const _: [unsafe extern "system" fn(HANDLE, *const UNICODE_STRING, KEY_VALUE_INFORMATION_CLASS, *mut core::ffi::c_void, u32, *mut u32) -> NTSTATUS; 2] =
     [ZwQueryValueKey, windows_sys::Wdk::System::Registry::ZwQueryValueKey];

@@ -19,16 +19,41 @@ pub enum Stat {
     Evictions = 3,
     /// Tallies dropped because a pool allocation failed.
     AllocationFailures = 4,
+    /// Reads counted on no file: the stream has no entry (opened before the instance attached, its
+    /// stream context or entry could not be made, its file-system queries failed, the entry was
+    /// evicted) or is no file (a volume open).
+    UntrackedReads = 5,
+    /// Writes counted on no file, for the same reasons.
+    UntrackedWrites = 6,
+    /// Bytes requested by untracked reads.
+    UntrackedBytesRead = 7,
+    /// Bytes requested by untracked writes.
+    UntrackedBytesWritten = 8,
+    /// Successful opens of a file that could not be tallied: no usable file ID (the queries failed,
+    /// or returned 0 or all-ones).
+    UntrackedOpens = 9,
+    /// File-name queries that failed (the entry then gets the opened name, or none).
+    NameQueryFailures = 10,
+    /// BypassIO enable requests granted on the volume: the non-cached reads of those handles skip
+    /// every filter, so they are not tallied.
+    BypassIoEnables = 11,
 }
 
 impl Stat {
     /// Every statistic, in id order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 12] = [
         Self::Inserts,
         Self::Hits,
         Self::Misses,
         Self::Evictions,
         Self::AllocationFailures,
+        Self::UntrackedReads,
+        Self::UntrackedWrites,
+        Self::UntrackedBytesRead,
+        Self::UntrackedBytesWritten,
+        Self::UntrackedOpens,
+        Self::NameQueryFailures,
+        Self::BypassIoEnables,
     ];
 
     /// How many statistics there are.
@@ -61,6 +86,13 @@ impl Stat {
             Self::Misses => "misses",
             Self::Evictions => "evictions",
             Self::AllocationFailures => "allocation_failures",
+            Self::UntrackedReads => "untracked_reads",
+            Self::UntrackedWrites => "untracked_writes",
+            Self::UntrackedBytesRead => "untracked_bytes_read",
+            Self::UntrackedBytesWritten => "untracked_bytes_written",
+            Self::UntrackedOpens => "untracked_opens",
+            Self::NameQueryFailures => "name_query_failures",
+            Self::BypassIoEnables => "bypass_io_enables",
         }
     }
 
@@ -73,6 +105,15 @@ impl Stat {
             Self::Misses => "reads and writes whose file had no entry",
             Self::Evictions => "entries evicted to make room for a new file",
             Self::AllocationFailures => "tallies dropped because a pool allocation failed",
+            Self::UntrackedReads => "reads of streams with no entry (or of the volume)",
+            Self::UntrackedWrites => "writes of streams with no entry (or of the volume)",
+            Self::UntrackedBytesRead => "bytes requested by untracked reads",
+            Self::UntrackedBytesWritten => "bytes requested by untracked writes",
+            Self::UntrackedOpens => "opens of files with no usable file ID",
+            Self::NameQueryFailures => "file-name queries that failed",
+            Self::BypassIoEnables => {
+                "BypassIO enables granted: those handles' non-cached reads are not tallied"
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Driver settings, read once at load from the service key's `Parameters` subkey.
+//! Driver settings, read once at load from the service key's `Parameters` subkey, which
+//! `IoOpenDriverRegistryKey` opens.
 //!
 //! | value (`REG_DWORD`) | meaning | default |
 //! |---|---|---|
@@ -10,15 +11,15 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
 use windows_sys::Wdk::System::Registry::KeyValuePartialInformation;
-use windows_sys::Wdk::System::SystemServices::KEY_VALUE_PARTIAL_INFORMATION;
-use windows_sys::Win32::Foundation::{
-    HANDLE, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, UNICODE_STRING,
+use windows_sys::Wdk::System::SystemServices::{
+    DriverRegKeyParameters, IoOpenDriverRegistryKey, KEY_VALUE_PARTIAL_INFORMATION,
 };
+use windows_sys::Win32::Foundation::{HANDLE, STATUS_BUFFER_OVERFLOW, UNICODE_STRING};
 use windows_sys::Win32::System::Registry::{KEY_READ, REG_DWORD};
 
-use crate::ffi::{ZwClose, ZwOpenKey, ZwQueryValueKey};
+use crate::ffi::{ZwClose, ZwQueryValueKey};
 use crate::table::DEFAULT_MAX_ENTRIES;
 
 /// The largest accepted `MaxEntriesPerInstance`: 1,048,576 files (a few hundred MiB of paged pool
@@ -33,8 +34,6 @@ pub(crate) fn max_entries_per_instance() -> usize {
     MAX_ENTRIES_PER_INSTANCE.load(Ordering::Relaxed)
 }
 
-/// The `Parameters` subkey's name, appended to the service key path.
-const PARAMETERS: &[u16] = &utf16::<11>("\\Parameters");
 /// The value holding the bound on entries.
 const MAX_ENTRIES_VALUE: &[u16] = &utf16::<21>("MaxEntriesPerInstance");
 
@@ -51,41 +50,42 @@ const fn utf16<const N: usize>(ascii: &str) -> [u16; N] {
     units
 }
 
-/// Reads the settings under `registry_path\Parameters` (`PASSIVE_LEVEL`, from `DriverEntry`).
+/// Reads the settings under the service's `Parameters` key (`PASSIVE_LEVEL`, from `DriverEntry`).
 ///
-/// Never fails: whatever cannot be read keeps its default.
-pub(crate) fn load(registry_path: *const UNICODE_STRING) {
-    let value = read_dword(registry_path, MAX_ENTRIES_VALUE).unwrap_or(0);
-    let bound = match usize::try_from(value) {
-        Ok(0) | Err(_) => DEFAULT_MAX_ENTRIES,
-        Ok(n) => n.min(LIMIT_MAX_ENTRIES),
+/// Never fails: whatever cannot be read keeps its default; a value of the wrong type or out of range
+/// is reported in the debugger's log (warning level).
+pub(crate) fn load(driver: *mut DRIVER_OBJECT) {
+    let setting = Key::open_parameters(driver)
+        .map_or(Setting::Missing, |key| key.query_dword(MAX_ENTRIES_VALUE));
+    let bound = match setting {
+        Setting::Missing | Setting::Dword(0) => DEFAULT_MAX_ENTRIES,
+        Setting::NotDword => {
+            crate::log_warn!(
+                "MaxEntriesPerInstance is not a REG_DWORD: using the default, {DEFAULT_MAX_ENTRIES}"
+            );
+            DEFAULT_MAX_ENTRIES
+        }
+        Setting::Dword(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > LIMIT_MAX_ENTRIES {
+                crate::log_warn!(
+                    "MaxEntriesPerInstance {n} is above the limit: using {LIMIT_MAX_ENTRIES}"
+                );
+            }
+            n.min(LIMIT_MAX_ENTRIES)
+        }
     };
     MAX_ENTRIES_PER_INSTANCE.store(bound, Ordering::Relaxed);
 }
 
-/// Path buffer: the service key path plus `\Parameters`, on the stack (registry paths of services
-/// are short; longer ones are not read).
-const PATH_UNITS: usize = 256;
-
-/// Reads a `REG_DWORD` value of the `Parameters` subkey.
-fn read_dword(registry_path: *const UNICODE_STRING, value_name: &[u16]) -> Option<u32> {
-    // SAFETY: DriverEntry's RegistryPath is null or a valid UNICODE_STRING for the call's duration.
-    let service = unsafe { registry_path.as_ref() }?;
-    if service.Buffer.is_null() {
-        return None;
-    }
-    // SAFETY: a valid UNICODE_STRING describes `Length` bytes of UTF-16 at `Buffer`.
-    let service =
-        unsafe { core::slice::from_raw_parts(service.Buffer, usize::from(service.Length / 2)) };
-    let mut path = [0u16; PATH_UNITS];
-    let total = service.len() + PARAMETERS.len();
-    if total > PATH_UNITS {
-        return None;
-    }
-    path[..service.len()].copy_from_slice(service);
-    path[service.len()..total].copy_from_slice(PARAMETERS);
-    let key = Key::open(&mut path[..total])?;
-    key.query_dword(value_name)
+/// What the registry holds for a `REG_DWORD` setting.
+enum Setting {
+    /// No such value (or no key).
+    Missing,
+    /// A value of another type or size.
+    NotDword,
+    /// The value.
+    Dword(u32),
 }
 
 /// A `UNICODE_STRING` over `units` (which must outlive its use).
@@ -102,20 +102,15 @@ fn unicode(units: &mut [u16]) -> Option<UNICODE_STRING> {
 struct Key(HANDLE);
 
 impl Key {
-    fn open(path: &mut [u16]) -> Option<Self> {
-        let name = unicode(path)?;
-        let attributes = OBJECT_ATTRIBUTES {
-            Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).ok()?,
-            RootDirectory: ptr::null_mut(),
-            ObjectName: &raw const name,
-            Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
-            SecurityDescriptor: ptr::null(),
-            SecurityQualityOfService: ptr::null(),
-        };
+    /// The driver's `Parameters` key, opened through `IoOpenDriverRegistryKey` rather than a path
+    /// built from `RegistryPath` (driver package isolation; `docs/kernel-rules.md`, "Registry").
+    fn open_parameters(driver: *mut DRIVER_OBJECT) -> Option<Self> {
         let mut handle: HANDLE = ptr::null_mut();
-        // SAFETY: `attributes` and the name it points to outlive the call; `handle` is a valid out
-        // pointer. A kernel handle (OBJ_KERNEL_HANDLE), at PASSIVE_LEVEL.
-        let status = unsafe { ZwOpenKey(&raw mut handle, KEY_READ, &raw const attributes) };
+        // SAFETY: `driver` is this driver's object (DriverEntry's argument), `handle` a valid out
+        // pointer, Flags 0 as documented; called at PASSIVE_LEVEL in DriverEntry's system thread.
+        let status = unsafe {
+            IoOpenDriverRegistryKey(driver, DriverRegKeyParameters, KEY_READ, 0, &raw mut handle)
+        };
         // Not `then_some`: a Key built eagerly for a failed open would close handle 0 on drop.
         if status < 0 {
             return None;
@@ -123,33 +118,48 @@ impl Key {
         Some(Self(handle))
     }
 
-    fn query_dword(&self, value_name: &[u16]) -> Option<u32> {
+    fn query_dword(&self, value_name: &[u16]) -> Setting {
         let mut name_units = [0u16; 64];
-        let name_units = name_units.get_mut(..value_name.len())?;
+        let Some(name_units) = name_units.get_mut(..value_name.len()) else {
+            return Setting::Missing;
+        };
         name_units.copy_from_slice(value_name);
-        let name = unicode(name_units)?;
+        let Some(name) = unicode(name_units) else {
+            return Setting::Missing;
+        };
         // Header (12 bytes) + 4 bytes of data, 4-byte aligned.
         let mut buffer = [0u32; 4];
         let mut returned = 0u32;
-        // SAFETY: `buffer` is writable for its 16 bytes; the name outlives the call.
+        // SAFETY: `buffer` is writable for its 16 bytes (the length passed); the name outlives the
+        // call; PASSIVE_LEVEL.
         let status = unsafe {
             ZwQueryValueKey(
                 self.0,
                 &raw const name,
                 KeyValuePartialInformation,
                 buffer.as_mut_ptr().cast(),
-                u32::try_from(size_of_val(&buffer)).ok()?,
+                16,
                 &raw mut returned,
             )
         };
+        if status == STATUS_BUFFER_OVERFLOW {
+            // Longer than a DWORD: another type.
+            return Setting::NotDword;
+        }
         if status < 0 {
-            return None;
+            return Setting::Missing;
         }
         let info = buffer.as_ptr().cast::<KEY_VALUE_PARTIAL_INFORMATION>();
         // SAFETY: on success the buffer holds a KEY_VALUE_PARTIAL_INFORMATION; `buffer` is 4-byte
         // aligned, as the structure's u32 fields need.
-        let (kind, length) = unsafe { ((*info).Type, (*info).DataLength) };
-        (kind == REG_DWORD && length == 4).then_some(buffer[3])
+        let kind = unsafe { (*info).Type };
+        // SAFETY: as above.
+        let length = unsafe { (*info).DataLength };
+        if kind == REG_DWORD && length == 4 {
+            Setting::Dword(buffer[3])
+        } else {
+            Setting::NotDword
+        }
     }
 }
 

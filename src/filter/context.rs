@@ -1,16 +1,16 @@
 //! Typed, reference-counted handles on Filter Manager contexts.
 //!
 //! Every `FltAllocateContext`, `FltGet*Context` and returned `OldContext` carries one reference that
-//! must be balanced by exactly one `FltReleaseContext` (kernel-facts.md, Contexts). [`ContextRef`]
+//! must be balanced by exactly one `FltReleaseContext` (`docs/kernel-rules.md`, "Contexts"). [`ContextRef`]
 //! owns one such reference and releases it when dropped, so no path can leak or double-release it.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use crate::flt::{FltGetInstanceContext, FltGetStreamContext, FltReleaseContext};
 use windows_sys::Wdk::Foundation::FILE_OBJECT;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT, FltGetInstanceContext, FltGetStreamContext,
-    FltReleaseContext, PFLT_CONTEXT, PFLT_INSTANCE,
+    FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT, PFLT_CONTEXT, PFLT_INSTANCE,
 };
 
 /// A context type iotally registers, with the `FLT_*_CONTEXT` value it is registered under.

@@ -8,11 +8,13 @@
 
 use core::ptr::{self, NonNull};
 
+use crate::flt::{
+    FltAllocateContext, FltGetVolumeName, FltIsVolumeWritable, FltSetInstanceContext,
+};
 use windows_sys::Wdk::Foundation::PagedPool;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FLT_INSTANCE_CONTEXT, FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS, FltAllocateContext,
-    FltGetVolumeName, FltIsVolumeWritable, FltSetInstanceContext, PFLT_CONTEXT, PFLT_FILTER,
-    PFLT_VOLUME,
+    FLT_INSTANCE_CONTEXT, FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS, PFLT_CONTEXT,
+    PFLT_FILTER, PFLT_VOLUME,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_FLT_DO_NOT_ATTACH, STATUS_INSUFFICIENT_RESOURCES,

@@ -3,6 +3,7 @@
 //! The `unsafe extern "system"` callbacks live in this module tree and stay thin: they translate raw
 //! callback data into safe calls into the rest of the crate.
 
+mod bypass_io;
 mod config;
 mod context;
 mod instance;
@@ -13,11 +14,10 @@ use core::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
 pub(crate) use instance::InstanceContext;
 
+use crate::flt::{FltRegisterFilter, FltStartFiltering, FltUnregisterFilter};
 use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FltRegisterFilter, FltStartFiltering, FltUnregisterFilter, PFLT_FILTER,
-};
-use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_SUCCESS, UNICODE_STRING};
+use windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_FILTER;
+use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_SUCCESS};
 
 /// The filter handle returned by `FltRegisterFilter`; 0 while not registered.
 ///
@@ -41,8 +41,8 @@ pub(crate) fn instance_context(
 /// Registers with Filter Manager and starts filtering (`DriverEntry`'s work).
 ///
 /// If starting fails, the filter is unregistered again before the status is returned.
-pub(crate) fn load(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STRING) -> NTSTATUS {
-    config::load(registry_path);
+pub(crate) fn load(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
+    config::load(driver);
     let mut filter: PFLT_FILTER = 0;
     // SAFETY: `driver` is the driver object of this driver's entry point; the registration is a
     // static that lives as long as the driver image, as FltRegisterFilter requires.

@@ -1,34 +1,63 @@
-//! The operation callbacks: post-create records opens, pre-read and pre-write record transfers.
+//! The operation callbacks: post-create records opens; reads and writes are tallied once each.
 //!
-//! IRQL: post-create runs at `PASSIVE_LEVEL` (Filter Manager guarantees it for creates), so it may
-//! query the file system and take the lock exclusively. Pre-read and pre-write run at `PASSIVE_LEVEL`
-//! or `APC_LEVEL`; they take the shared lock, bump atomics and return
-//! `FLT_PREOP_SUCCESS_NO_CALLBACK`, so no post-read or post-write ever runs (those could run at
-//! `DISPATCH_LEVEL`, where the paged table must not be touched). Paging I/O is skipped both by the
-//! registration flag and here.
+//! # Where a transfer is counted
+//! - **IRP reads and writes** are counted in their **pre-op**, which runs at `PASSIVE_LEVEL` or
+//!   `APC_LEVEL`: it takes the shared lock, bumps atomics and returns
+//!   `FLT_PREOP_SUCCESS_NO_CALLBACK`. Their post-ops are never requested: they may run at
+//!   `DISPATCH_LEVEL`, where the paged table must not be touched ("`PFLT_POST_OPERATION_CALLBACK`
+//!   callback function (fltkernel.h)": post-ops run at IRQL <= `DISPATCH_LEVEL` and "cannot get,
+//!   set, or delete contexts"). So the bytes counted are the bytes **requested**: the pre-op does
+//!   not know how many will be transferred.
+//! - **Fast I/O reads and writes** (`FLTFL_CALLBACK_DATA_FAST_IO_OPERATION`, "`FLT_CALLBACK_DATA`
+//!   structure (fltkernel.h)"), and the fast-I/O MDL operations `IRP_MJ_MDL_READ` and
+//!   `IRP_MJ_PREPARE_MDL_WRITE`, are counted in their **post-op**: a file system may refuse fast I/O
+//!   (its routine returns FALSE: file not cached, a byte-range lock, ...), and then "the caller must
+//!   create an IRP" ("IRPs Are Different From Fast I/O"), which iotally counts in its pre-op. A
+//!   refused fast I/O reaches the post-op with `STATUS_FLT_DISALLOW_FAST_IO` ("Disallowing a Fast
+//!   I/O Operation in a Preoperation Callback Routine") and is not counted. Fast I/O is synchronous:
+//!   its post-op runs on the issuing thread at the pre-op's IRQL (`docs/kernel-rules.md`), which the
+//!   post-op checks before touching the paged table.
+//! - **MDL completions** (`IRP_MN_COMPLETE_MDL`, `IRP_MJ_MDL_READ_COMPLETE`,
+//!   `IRP_MJ_MDL_WRITE_COMPLETE`) release a transfer's MDL and are not requests: never counted.
+//! - **Paging I/O** is skipped by the registration flag (and checked here): it is the cache
+//!   manager's and memory manager's I/O, not a request a program made.
+//! - A read or write of a stream with no entry is counted per instance as untracked
+//!   ([`Stat::UntrackedReads`] and the like), only on that path: a tracked read or write writes no
+//!   volume-wide counter of iotally's.
+//!
+//! Post-create runs at `PASSIVE_LEVEL` (Filter Manager guarantees it for creates), so it may query
+//! the file system and take the lock exclusively.
 
+use core::ffi::c_void;
 use core::ptr;
 
+use crate::flt::{
+    FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
+    FltReleaseFileNameInformation, FltSetStreamContext,
+};
 use windows_sys::Wdk::Foundation::{FILE_OBJECT, PagedPool};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CALLBACK_DATA, FLT_FILE_NAME_INFORMATION, FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_OPENED,
-    FLT_FILE_NAME_QUERY_DEFAULT, FLT_POSTOP_CALLBACK_STATUS, FLT_POSTOP_FINISHED_PROCESSING,
-    FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK, FLT_RELATED_OBJECTS,
-    FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_POST_OPERATION_DRAINING,
-    FltAllocateContext, FltGetFileNameInformation, FltQueryInformationFile,
-    FltReleaseFileNameInformation, FltSetStreamContext, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
+    FLT_FILE_NAME_QUERY_DEFAULT, FLT_IO_PARAMETER_BLOCK, FLT_POSTOP_CALLBACK_STATUS,
+    FLT_POSTOP_FINISHED_PROCESSING, FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK,
+    FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_RELATED_OBJECTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS,
+    FLT_STREAM_CONTEXT, FLTFL_CALLBACK_DATA_FAST_IO_OPERATION, FLTFL_POST_OPERATION_DRAINING,
+    IRP_MJ_MDL_READ, IRP_MJ_PREPARE_MDL_WRITE, PFLT_CONTEXT, PFLT_INSTANCE,
 };
 use windows_sys::Wdk::Storage::FileSystem::{
-    FILE_ID_INFORMATION, FILE_INFORMATION_CLASS, FILE_INTERNAL_INFORMATION,
+    FILE_DIRECTORY_FILE, FILE_ID_INFORMATION, FILE_INFORMATION_CLASS, FILE_INTERNAL_INFORMATION,
     FILE_STANDARD_INFORMATION, FileIdInformation, FileInternalInformation, FileStandardInformation,
 };
 use windows_sys::Wdk::System::SystemServices::{
-    FO_VOLUME_OPEN, IRP_PAGING_IO, KeQuerySystemTimePrecise,
+    FO_VOLUME_OPEN, IRP_MN_COMPLETE, IRP_PAGING_IO, KeQuerySystemTimePrecise,
+    SL_OPEN_TARGET_DIRECTORY,
 };
-use windows_sys::Win32::Foundation::STATUS_REPARSE;
+use windows_sys::Win32::Foundation::{STATUS_FLT_DISALLOW_FAST_IO, STATUS_REPARSE};
+use windows_sys::Win32::System::WindowsProgramming::FILE_CREATED;
 
 use super::context::{self, Context, ContextRef};
 use super::instance::InstanceContext;
+use crate::stats::Stat;
 use crate::table::{FileKey, Io, OpenOutcome};
 
 /// The stream context: the key of the stream's file in the instance's table.
@@ -65,15 +94,16 @@ fn now() -> i64 {
 pub(super) unsafe extern "system" fn post_create(
     data: *mut FLT_CALLBACK_DATA,
     objects: *const FLT_RELATED_OBJECTS,
-    _completion_context: *const core::ffi::c_void,
+    _completion_context: *const c_void,
     flags: u32,
 ) -> FLT_POSTOP_CALLBACK_STATUS {
     if flags & FLTFL_POST_OPERATION_DRAINING != 0 {
         return FLT_POSTOP_FINISHED_PROCESSING;
     }
-    // SAFETY: Filter Manager passes valid callback data and related objects for the duration of the
-    // callback; iotally only reads them.
-    let (data, objects) = unsafe { (&*data, &*objects) };
+    // SAFETY: Filter Manager passes valid callback data for the duration of the callback.
+    let data = unsafe { &*data };
+    // SAFETY: and valid related objects; iotally only reads them.
+    let objects = unsafe { &*objects };
     // SAFETY: the create's final status is in the `Status` arm of the IO_STATUS_BLOCK union.
     let status = unsafe { data.IoStatus.Anonymous.Status };
     if status < 0 || status == STATUS_REPARSE || objects.FileObject.is_null() {
@@ -81,68 +111,146 @@ pub(super) unsafe extern "system" fn post_create(
     }
     // SAFETY: the file object of a successful create is valid during its post-create.
     let file_flags = unsafe { (*objects.FileObject).Flags };
-    if file_flags & FO_VOLUME_OPEN != 0 {
+    // SAFETY: the create's parameter block, valid for the callback.
+    let iopb = unsafe { &*data.Iopb };
+    // SAFETY: the Create arm is the one Filter Manager fills for IRP_MJ_CREATE.
+    let create_options = unsafe { iopb.Parameters.Create.Options } & 0x00FF_FFFF;
+    // Volume opens, directory opens the caller asked for (FILE_DIRECTORY_FILE) and the rename
+    // target's directory (SL_OPEN_TARGET_DIRECTORY) are no files: no query, no lock.
+    if file_flags & FO_VOLUME_OPEN != 0
+        || create_options & FILE_DIRECTORY_FILE != 0
+        || u32::from(iopb.OperationFlags) & SL_OPEN_TARGET_DIRECTORY != 0
+    {
         return FLT_POSTOP_FINISHED_PROCESSING;
     }
-    record_open(data, objects.Filter, objects.Instance, objects.FileObject);
+    // IoStatus.Information of a create says what happened ("NtCreateFile function (ntifs.h)").
+    let created = data.IoStatus.Information == FILE_CREATED as usize;
+    record_open(data, objects, created);
     FLT_POSTOP_FINISHED_PROCESSING
 }
 
 /// Tallies a successful open of a file (not a directory).
 ///
 /// A stream iotally already knows carries a stream context with its key: the open is then counted
-/// under the **shared** lock, with no file-system query. Otherwise the file-system queries (directory?
-/// file ID, name) run first, without any lock held (they can re-enter the file system), and the entry
-/// is inserted under the exclusive lock.
-fn record_open(
-    data: &FLT_CALLBACK_DATA,
-    filter: PFLT_FILTER,
-    instance: PFLT_INSTANCE,
-    file: *const FILE_OBJECT,
-) {
+/// under the **shared** lock, with no file-system query. A stream without one (its last handle
+/// closed, or the context could not be made) has its file ID queried, without any lock held (the
+/// query can re-enter the file system); if the table knows that ID the open is still counted under
+/// the shared lock, with no name query. Only a file new to the table has its name queried and is
+/// inserted under the exclusive lock.
+///
+/// A create that made a new file (`FILE_CREATED`) always starts a new entry: an entry under its ID
+/// belonged to a file that is gone (FAT and exFAT give a new file the ID of a deleted or moved
+/// file's directory entry), and must not lend it its tallies or name.
+fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, created: bool) {
+    let (instance, file) = (objects.Instance, objects.FileObject);
     let Some(owner) = context::instance_context::<InstanceContext>(instance) else {
         return;
     };
     let known = context::stream_context::<StreamContext>(instance, file).map(|stream| stream.key());
+    if known == Some(DIRECTORY) {
+        return;
+    }
     if let Some(key) = known
+        && !created
         && owner.tallies().read().record_reopen(key, now())
     {
         return;
     }
-    let Some(key) = known.or_else(|| file_key_unless_directory(instance, file)) else {
-        return;
+    let key = match known {
+        Some(key) => key,
+        None => match identify(instance, file) {
+            Identity::File(key) => key,
+            Identity::Directory => {
+                attach_stream_context(objects, DIRECTORY);
+                return;
+            }
+            Identity::Unknown => {
+                owner.tallies().read().add_stat(Stat::UntrackedOpens, 1);
+                return;
+            }
+        },
     };
-    let name = FileName::get(data);
-    let outcome = owner
-        .tallies()
-        .write()
-        .record_open(key, name.units(), now());
+    if !created && known.is_none() && owner.tallies().read().record_reopen(key, now()) {
+        attach_stream_context(objects, key);
+        return;
+    }
+    let (name, failures) = FileName::get(data);
+    let outcome = {
+        let mut tallies = owner.tallies().write();
+        tallies.add_stat(Stat::NameQueryFailures, failures);
+        if created {
+            tallies.forget(key);
+        }
+        tallies.record_open(key, name.units(), now())
+    };
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
-        attach_stream_context(filter, instance, file, key);
+        attach_stream_context(objects, key);
     }
 }
 
-/// The key of a file seen for the first time, or `None` for a directory (or if the file system
-/// cannot tell).
-fn file_key_unless_directory(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<FileKey> {
-    let standard = query::<FILE_STANDARD_INFORMATION>(instance, file, FileStandardInformation)?;
-    if standard.Directory {
-        return None;
+/// The stream-context key that marks a directory (0 is never a file's key: see [`file_key`]), so
+/// that later opens of it cost one context lookup and no file-system query.
+const DIRECTORY: FileKey = FileKey(0);
+
+/// What a stream seen for the first time is.
+enum Identity {
+    /// A file, with its key.
+    File(FileKey),
+    /// A directory.
+    Directory,
+    /// The file system could not say, or gave no usable ID.
+    Unknown,
+}
+
+/// Queries whether the stream is a directory, and a file's key.
+fn identify(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Identity {
+    match is_directory(instance, file) {
+        Some(true) => Identity::Directory,
+        Some(false) => file_key(instance, file).map_or(Identity::Unknown, Identity::File),
+        None => Identity::Unknown,
     }
-    file_key(instance, file)
+}
+
+/// `FILE_STANDARD_INFORMATION` as the bytes the file system wrote, 8-byte aligned like the structure.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct StandardInformationBytes([u8; size_of::<FILE_STANDARD_INFORMATION>()]);
+
+/// Whether the file is a directory (`FileStandardInformation`).
+///
+/// windows-sys declares the structure's `BOOLEAN` fields as Rust `bool`s, which may only hold 0 or
+/// 1; a file system may write any nonzero byte for TRUE. So the structure is queried as bytes and
+/// its `Directory` byte compared with 0 (`docs/kernel-rules.md`, "Counting I/O").
+fn is_directory(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<bool> {
+    let bytes = query::<StandardInformationBytes>(instance, file, FileStandardInformation)?;
+    let directory = bytes
+        .0
+        .get(core::mem::offset_of!(FILE_STANDARD_INFORMATION, Directory))?;
+    Some(*directory != 0)
 }
 
 /// The file's key: the 128-bit file ID where the file system has one, else the 64-bit index number.
+///
+/// Neither 0 nor all-ones identifies a file: `FileIdInformation` returns 0 on a file system without
+/// 128-bit IDs ("`FILE_ID_INFORMATION` structure (ntifs.h)") and all-ones when it cannot establish one
+/// (MS-FSCC, `FILE_ID_128`); the 64-bit index uses the same two values. Such a file has no key.
 fn file_key(instance: PFLT_INSTANCE, file: *const FILE_OBJECT) -> Option<FileKey> {
     if let Some(id) = query::<FILE_ID_INFORMATION>(instance, file, FileIdInformation) {
-        return Some(FileKey(u128::from_le_bytes(id.FileId.Identifier)));
+        let id = u128::from_le_bytes(id.FileId.Identifier);
+        if id != 0 && id != u128::MAX {
+            return Some(FileKey(id));
+        }
     }
     let internal = query::<FILE_INTERNAL_INFORMATION>(instance, file, FileInternalInformation)?;
-    Some(FileKey(u128::from(internal.IndexNumber.cast_unsigned())))
+    let index = internal.IndexNumber.cast_unsigned();
+    (index != 0 && index != u64::MAX).then(|| FileKey(u128::from(index)))
 }
 
 /// `FltQueryInformationFile` for a fixed-size information class `T` (`PASSIVE_LEVEL`).
+///
+/// `T` must be valid for any bytes (integers and byte arrays only: no `bool`, no enum), since the
+/// file system writes it.
 fn query<T: Copy>(
     instance: PFLT_INSTANCE,
     file: *const FILE_OBJECT,
@@ -166,8 +274,8 @@ fn query<T: Copy>(
     if status < 0 || returned as usize != size_of::<T>() {
         return None;
     }
-    // SAFETY: the file system filled all `size_of::<T>()` bytes, and `T` is a plain C structure
-    // valid for any bytes it reports (zero-initialized before the call).
+    // SAFETY: the file system filled all `size_of::<T>()` bytes (zero-initialized before the call),
+    // and every `T` this is used with is valid for any bytes (see above).
     Some(unsafe { info.assume_init() })
 }
 
@@ -175,8 +283,10 @@ fn query<T: Copy>(
 struct FileName(*mut FLT_FILE_NAME_INFORMATION);
 
 impl FileName {
-    /// The normalized name, or the opened name if normalizing fails (e.g. out of resources).
-    fn get(data: &FLT_CALLBACK_DATA) -> Self {
+    /// The normalized name, or the opened name if normalizing fails (e.g. out of resources), with
+    /// the number of name queries that failed.
+    fn get(data: &FLT_CALLBACK_DATA) -> (Self, u64) {
+        let mut failures = 0;
         for format in [FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_OPENED] {
             let mut info = ptr::null_mut();
             // SAFETY: `data` is the post-create's callback data; at PASSIVE_LEVEL with no lock held,
@@ -185,10 +295,11 @@ impl FileName {
                 FltGetFileNameInformation(data, format | FLT_FILE_NAME_QUERY_DEFAULT, &raw mut info)
             };
             if status >= 0 && !info.is_null() {
-                return Self(info);
+                return (Self(info), failures);
             }
+            failures += 1;
         }
-        Self(ptr::null_mut())
+        (Self(ptr::null_mut()), failures)
     }
 
     /// The name's UTF-16 units.
@@ -217,14 +328,9 @@ impl Drop for FileName {
     }
 }
 
-/// Gives the stream a context carrying `key`, unless it already has one; `filter` is the
-/// post-create's `FltObjects->Filter` (never a global: this runs while the driver unloads, too).
-fn attach_stream_context(
-    filter: PFLT_FILTER,
-    instance: PFLT_INSTANCE,
-    file: *const FILE_OBJECT,
-    key: FileKey,
-) {
+/// Gives the stream a context carrying `key`, unless it already has one.
+fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey) {
+    let (instance, file) = (objects.Instance, objects.FileObject);
     if context::stream_context::<StreamContext>(instance, file).is_some() {
         return;
     }
@@ -233,7 +339,7 @@ fn attach_stream_context(
     // registration with this size, paged.
     let status = unsafe {
         FltAllocateContext(
-            filter,
+            objects.Filter,
             StreamContext::TYPE,
             size_of::<StreamContext>(),
             PagedPool,
@@ -272,7 +378,7 @@ fn attach_stream_context(
 pub(super) unsafe extern "system" fn pre_read(
     data: *mut FLT_CALLBACK_DATA,
     objects: *const FLT_RELATED_OBJECTS,
-    _completion_context: *mut *mut core::ffi::c_void,
+    _completion_context: *mut *mut c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
     // SAFETY: Filter Manager's arguments to a pre-read, passed on as they came.
     unsafe { pre_transfer(data, objects, Io::Read) }
@@ -282,13 +388,15 @@ pub(super) unsafe extern "system" fn pre_read(
 pub(super) unsafe extern "system" fn pre_write(
     data: *mut FLT_CALLBACK_DATA,
     objects: *const FLT_RELATED_OBJECTS,
-    _completion_context: *mut *mut core::ffi::c_void,
+    _completion_context: *mut *mut c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
     // SAFETY: Filter Manager's arguments to a pre-write, passed on as they came.
     unsafe { pre_transfer(data, objects, Io::Write) }
 }
 
-/// The work of pre-read and pre-write: tally the transfer, never ask for a post-operation callback.
+/// The pre-op of reads and writes: an IRP is tallied here (requested bytes); a fast I/O operation
+/// only asks for its post-op, where it is tallied unless the file system refused it; the completion
+/// half of an MDL transfer (`IRP_MN_COMPLETE_MDL`) is not a request and is not tallied.
 ///
 /// # Safety
 /// `data` and `objects` must be the arguments of a pre-operation callback for `IRP_MJ_READ` (with
@@ -298,38 +406,161 @@ unsafe fn pre_transfer(
     objects: *const FLT_RELATED_OBJECTS,
     io: Io,
 ) -> FLT_PREOP_CALLBACK_STATUS {
-    // SAFETY: valid for the duration of the callback (the caller's contract); the Read arm of the
-    // parameters union is the one Filter Manager fills for IRP_MJ_READ, the Write arm for
-    // IRP_MJ_WRITE.
-    let (length, irp_flags, objects) = unsafe {
-        let iopb = &*(*data).Iopb;
-        let length = match io {
-            Io::Read => iopb.Parameters.Read.Length,
-            Io::Write => iopb.Parameters.Write.Length,
-        };
-        (length, iopb.IrpFlags, &*objects)
-    };
-    record_transfer(objects, irp_flags, io, length);
+    // SAFETY: valid callback data for the duration of the callback (the caller's contract).
+    let data = unsafe { &*data };
+    if data.Flags & FLTFL_CALLBACK_DATA_FAST_IO_OPERATION != 0 {
+        return FLT_PREOP_SUCCESS_WITH_CALLBACK;
+    }
+    // SAFETY: Filter Manager's parameter block of this operation, valid for the callback.
+    let iopb = unsafe { &*data.Iopb };
+    if u32::from(iopb.MinorFunction) & IRP_MN_COMPLETE != 0 {
+        return FLT_PREOP_SUCCESS_NO_CALLBACK;
+    }
+    // SAFETY: the related objects of the callback, valid for its duration.
+    let objects = unsafe { &*objects };
+    record_transfer(objects, iopb.IrpFlags, io, transfer_length(iopb, io));
     FLT_PREOP_SUCCESS_NO_CALLBACK
 }
 
-/// Tallies one read or write of `length` bytes under the shared lock (`IRQL <= APC_LEVEL`).
+/// `PostOperation` for `IRP_MJ_READ` and `IRP_MJ_WRITE`: only fast I/O asks for it.
+pub(super) unsafe extern "system" fn post_read(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    _completion_context: *const c_void,
+    flags: u32,
+) -> FLT_POSTOP_CALLBACK_STATUS {
+    // SAFETY: Filter Manager's arguments to a post-read, passed on as they came.
+    unsafe { post_fast_transfer(data, objects, flags, Io::Read) }
+}
+
+/// `PostOperation` for `IRP_MJ_WRITE` (fast I/O only).
+pub(super) unsafe extern "system" fn post_write(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    _completion_context: *const c_void,
+    flags: u32,
+) -> FLT_POSTOP_CALLBACK_STATUS {
+    // SAFETY: Filter Manager's arguments to a post-write, passed on as they came.
+    unsafe { post_fast_transfer(data, objects, flags, Io::Write) }
+}
+
+/// `PreOperation` for `IRP_MJ_MDL_READ` and `IRP_MJ_PREPARE_MDL_WRITE`, which are fast I/O only:
+/// tallied in the post-op, like fast reads and writes.
+pub(super) unsafe extern "system" fn pre_fast_mdl(
+    _data: *mut FLT_CALLBACK_DATA,
+    _objects: *const FLT_RELATED_OBJECTS,
+    _completion_context: *mut *mut c_void,
+) -> FLT_PREOP_CALLBACK_STATUS {
+    FLT_PREOP_SUCCESS_WITH_CALLBACK
+}
+
+/// `PostOperation` for `IRP_MJ_MDL_READ`.
+pub(super) unsafe extern "system" fn post_mdl_read(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    _completion_context: *const c_void,
+    flags: u32,
+) -> FLT_POSTOP_CALLBACK_STATUS {
+    // SAFETY: Filter Manager's arguments to a post-op, passed on as they came.
+    unsafe { post_fast_transfer(data, objects, flags, Io::Read) }
+}
+
+/// `PostOperation` for `IRP_MJ_PREPARE_MDL_WRITE`.
+pub(super) unsafe extern "system" fn post_prepare_mdl_write(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    _completion_context: *const c_void,
+    flags: u32,
+) -> FLT_POSTOP_CALLBACK_STATUS {
+    // SAFETY: Filter Manager's arguments to a post-op, passed on as they came.
+    unsafe { post_fast_transfer(data, objects, flags, Io::Write) }
+}
+
+/// The post-op of a fast read or write (plain or MDL): tallies it, unless the file system refused
+/// it (`IoStatus.Status` is then `STATUS_FLT_DISALLOW_FAST_IO` and the I/O manager reissues the
+/// request as an IRP, tallied by its pre-op) or the instance is draining.
+///
+/// A fast I/O post-op runs synchronously on the issuing thread at the pre-op's IRQL (see the module
+/// documentation); the IRQL is checked anyway, and the paged table is never touched above
+/// `APC_LEVEL`.
+///
+/// # Safety
+/// The arguments of a post-operation callback of a read (with `Io::Read`) or write (`Io::Write`)
+/// operation, valid for the call.
+unsafe fn post_fast_transfer(
+    data: *mut FLT_CALLBACK_DATA,
+    objects: *const FLT_RELATED_OBJECTS,
+    flags: u32,
+    io: Io,
+) -> FLT_POSTOP_CALLBACK_STATUS {
+    if flags & FLTFL_POST_OPERATION_DRAINING != 0 || crate::irql::current() > crate::irql::Irql::APC
+    {
+        return FLT_POSTOP_FINISHED_PROCESSING;
+    }
+    // SAFETY: valid callback data for the duration of the callback (the caller's contract).
+    let data = unsafe { &*data };
+    // SAFETY: the final status is in the `Status` arm of the IO_STATUS_BLOCK union.
+    let status = unsafe { data.IoStatus.Anonymous.Status };
+    if data.Flags & FLTFL_CALLBACK_DATA_FAST_IO_OPERATION == 0
+        || status == STATUS_FLT_DISALLOW_FAST_IO
+    {
+        return FLT_POSTOP_FINISHED_PROCESSING;
+    }
+    // SAFETY: Filter Manager's parameter block of this operation, valid for the callback.
+    let iopb = unsafe { &*data.Iopb };
+    // SAFETY: the related objects of the callback, valid for its duration.
+    let objects = unsafe { &*objects };
+    record_transfer(objects, iopb.IrpFlags, io, transfer_length(iopb, io));
+    FLT_POSTOP_FINISHED_PROCESSING
+}
+
+/// The requested length of a read or write (`IRP_MJ_READ`/`WRITE`, or the fast-I/O MDL operations).
+fn transfer_length(iopb: &FLT_IO_PARAMETER_BLOCK, io: Io) -> u32 {
+    let major = iopb.MajorFunction;
+    // Filter Manager fills the parameters arm of the operation's major function: MdlRead for
+    // IRP_MJ_MDL_READ, PrepareMdlWrite for IRP_MJ_PREPARE_MDL_WRITE, Read or Write otherwise.
+    if major == MDL_READ {
+        // SAFETY: the MdlRead arm, per the major function.
+        unsafe { iopb.Parameters.MdlRead.Length }
+    } else if major == PREPARE_MDL_WRITE {
+        // SAFETY: the PrepareMdlWrite arm, per the major function.
+        unsafe { iopb.Parameters.PrepareMdlWrite.Length }
+    } else if io == Io::Read {
+        // SAFETY: the Read arm of an IRP_MJ_READ.
+        unsafe { iopb.Parameters.Read.Length }
+    } else {
+        // SAFETY: the Write arm of an IRP_MJ_WRITE.
+        unsafe { iopb.Parameters.Write.Length }
+    }
+}
+
+/// `IRP_MJ_MDL_READ` as `FLT_IO_PARAMETER_BLOCK.MajorFunction` holds it (`(UCHAR)-15`).
+pub(super) const MDL_READ: u8 = IRP_MJ_MDL_READ.to_le_bytes()[0];
+/// `IRP_MJ_PREPARE_MDL_WRITE` as `FLT_IO_PARAMETER_BLOCK.MajorFunction` holds it.
+pub(super) const PREPARE_MDL_WRITE: u8 = IRP_MJ_PREPARE_MDL_WRITE.to_le_bytes()[0];
+
+/// Tallies one read or write of `length` requested bytes under the shared lock
+/// (`IRQL <= APC_LEVEL`); a request on a stream iotally has no entry for is counted as untracked.
 fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length: u32) {
     if irp_flags & IRP_PAGING_IO != 0 || objects.FileObject.is_null() {
         return;
     }
-    let Some(stream) =
-        context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
-    else {
-        return;
-    };
-    let key = stream.key();
-    drop(stream);
+    let key = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
+        .map(|stream| stream.key());
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
     };
-    owner
-        .tallies()
-        .read()
-        .record_io(key, io, u64::from(length), now());
+    let tallies = owner.tallies().read();
+    let bytes = u64::from(length);
+    if let Some(key) = key
+        && tallies.record_io(key, io, bytes, now())
+    {
+        return;
+    }
+    let (requests, requested) = match io {
+        Io::Read => (Stat::UntrackedReads, Stat::UntrackedBytesRead),
+        Io::Write => (Stat::UntrackedWrites, Stat::UntrackedBytesWritten),
+    };
+    tallies.add_stat(requests, 1);
+    tallies.add_stat(requested, bytes);
 }

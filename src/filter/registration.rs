@@ -4,11 +4,15 @@ use core::ptr;
 
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_CONTEXT_END, FLT_CONTEXT_REGISTRATION, FLT_OPERATION_REGISTRATION, FLT_REGISTRATION,
-    FLT_REGISTRATION_VERSION, FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO, IRP_MJ_OPERATION_END,
-    PFLT_CONTEXT_CLEANUP_CALLBACK, PFLT_POST_OPERATION_CALLBACK, PFLT_PRE_OPERATION_CALLBACK,
+    FLT_REGISTRATION_VERSION, FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
+    FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME, IRP_MJ_OPERATION_END, PFLT_CONTEXT_CLEANUP_CALLBACK,
+    PFLT_POST_OPERATION_CALLBACK, PFLT_PRE_OPERATION_CALLBACK,
 };
-use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE};
+use windows_sys::Wdk::System::SystemServices::{
+    IRP_MJ_CREATE, IRP_MJ_FILE_SYSTEM_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
+};
 
+use super::bypass_io;
 use super::context::Context;
 use super::instance::{self, InstanceContext};
 use super::operations::{self, StreamContext};
@@ -22,26 +26,47 @@ struct Registration(FLT_REGISTRATION);
 unsafe impl Sync for Registration {}
 
 /// The operation array, ending with `IRP_MJ_OPERATION_END` as Filter Manager requires.
-struct Operations([FLT_OPERATION_REGISTRATION; 4]);
+struct Operations([FLT_OPERATION_REGISTRATION; 7]);
 
 // SAFETY: as for `Registration`: immutable, pointers to functions only.
 unsafe impl Sync for Operations {}
 
 /// The operations iotally filters. Reads and writes skip paging I/O: Filter Manager then never calls
-/// iotally for it (the cache manager's and memory manager's I/O is not what a user asked for).
+/// iotally for it (the cache manager's and memory manager's I/O is not what a user asked for). Their
+/// post-ops run for fast I/O only (the pre-op asks for them only then); the fast-I/O MDL operations
+/// are tallied like fast reads and writes, and their completions are not registered (see
+/// `operations`). File-system controls are watched for BypassIO enables ([`bypass_io`]).
 static OPERATIONS: Operations = Operations([
     operation(IRP_MJ_CREATE, 0, None, Some(operations::post_create)),
     operation(
         IRP_MJ_READ,
         FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
         Some(operations::pre_read),
-        None,
+        Some(operations::post_read),
     ),
     operation(
         IRP_MJ_WRITE,
         FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
         Some(operations::pre_write),
-        None,
+        Some(operations::post_write),
+    ),
+    operation(
+        operations::MDL_READ as u32,
+        0,
+        Some(operations::pre_fast_mdl),
+        Some(operations::post_mdl_read),
+    ),
+    operation(
+        operations::PREPARE_MDL_WRITE as u32,
+        0,
+        Some(operations::pre_fast_mdl),
+        Some(operations::post_prepare_mdl_write),
+    ),
+    operation(
+        IRP_MJ_FILE_SYSTEM_CONTROL,
+        0,
+        Some(bypass_io::pre_file_system_control),
+        Some(bypass_io::post_file_system_control),
     ),
     #[allow(clippy::cast_possible_truncation)]
     operation(IRP_MJ_OPERATION_END as u32, 0, None, None),
@@ -108,11 +133,14 @@ const fn context(
     }
 }
 
+/// iotally attaches to direct-access (DAX) volumes too: it counts only non-paging reads and writes,
+/// which mean the same there (mapped files on DAX generate no paging I/O, which iotally skips
+/// anyway), and Filter Manager would otherwise leave those volumes untallied.
 #[allow(clippy::cast_possible_truncation)]
 static REGISTRATION: Registration = Registration(FLT_REGISTRATION {
     Size: size_of::<FLT_REGISTRATION>() as u16,
     Version: FLT_REGISTRATION_VERSION as u16,
-    Flags: 0,
+    Flags: FLTFL_REGISTRATION_SUPPORT_DAX_VOLUME,
     ContextRegistration: CONTEXTS.0.as_ptr(),
     OperationRegistration: OPERATIONS.0.as_ptr(),
     FilterUnloadCallback: Some(super::filter_unload),

@@ -6,7 +6,7 @@
 //! unwinding in host tests. Guards can be narrowed to a part of the data with `map`
 //! ([`MappedPushLockReadGuard`], [`MappedPushLockWriteGuard`]).
 //!
-//! # Rules (kernel-facts.md, "Push locks"; Microsoft's `FltAcquirePushLock*` reference pages)
+//! # Rules (`docs/kernel-rules.md`, "Push locks"; Microsoft's `FltAcquirePushLock*` reference pages)
 //!
 //! 1. **IRQL <= `APC_LEVEL`** for every operation: initialize, acquire, release and delete. Debug
 //!    builds assert it on each of them ([`crate::irql::assert_at_most`]), naming the routine and the
@@ -49,9 +49,9 @@
 //! holders (in debug-only fields of the lock; no allocation), and a recursive acquire (rule 2), an
 //! upgrade, a release on another thread than the acquiring one (possible only through `unsafe`, as the
 //! guards are `!Send`), or a delete while a guard is leaked panics at once with a message starting
-//! `iotally: push lock ...` instead of hanging. [`PushLock::is_locked_exclusive_by_current_thread`]
-//! exposes the owner for assertions. Up to 16 concurrent shared holders are tracked per lock; beyond
-//! that, the checks on the extra holders are best effort.
+//! `iotally: push lock ...` instead of hanging. [`PushLock::debug_assert_held_exclusive`] checks
+//! the owner where code requires its caller to hold the lock. Up to 16 concurrent shared holders are
+//! tracked per lock; beyond that, the checks on the extra holders are best effort.
 //!
 //! # Cost in release builds
 //!
@@ -102,12 +102,12 @@ use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
 use core::ptr::NonNull;
 
-use allocator_api2::alloc::{AllocError, Allocator};
-use allocator_api2::boxed::Box;
-use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+use crate::flt::{
     FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
     FltInitializePushLock, FltReleasePushLock,
 };
+use allocator_api2::alloc::{AllocError, Allocator};
+use allocator_api2::boxed::Box;
 
 use super::tracker::Tracker;
 use crate::irql::{Irql, assert_at_most};
@@ -273,19 +273,26 @@ impl<T> PushLock<T> {
     #[track_caller]
     pub unsafe fn init_in_place(slot: *mut Self, value: T) {
         assert_at_most(Irql::APC, "PushLock::init_in_place (FltInitializePushLock)");
-        // SAFETY: `slot` is valid for writes and aligned (the caller's contract); the fields are written
-        // through raw place projections, without creating references to uninitialized memory.
+        // SAFETY: `slot` is valid for writes and aligned (the caller's contract); the place is only
+        // projected (`&raw mut`), no reference to uninitialized memory is made.
+        let raw = unsafe { &raw mut (*slot).raw };
+        // SAFETY: `raw` points into `slot`, valid for writes and aligned.
         unsafe {
-            (&raw mut (*slot).raw).write(RawPushLock {
+            raw.write(RawPushLock {
                 word: Word(UnsafeCell::new(0)),
                 tracker: Tracker::new(),
             });
-            (&raw mut (*slot).data).write(UnsafeCell::new(value));
         }
+        // SAFETY: as for `raw`.
+        let data = unsafe { &raw mut (*slot).data };
+        // SAFETY: `data` points into `slot`, valid for writes and aligned.
+        unsafe { data.write(UnsafeCell::new(value)) };
+        // SAFETY: `raw` was initialized just above; only a place projection, no reference.
+        let word = unsafe { UnsafeCell::raw_get(&raw const (*raw).word.0) };
         // SAFETY: the word is 8 bytes, 8-byte aligned (`Word`'s layout), at an address that stays
         // valid and unmoved until the drop in place calls FltDeletePushLock (the caller's contract);
         // IRQL asserted above.
-        unsafe { FltInitializePushLock(UnsafeCell::raw_get(&raw const (*slot).raw.word.0)) };
+        unsafe { FltInitializePushLock(word) };
     }
 
     /// Allocates a `PushLock` holding `value` with `alloc`, initializes it there and returns it
@@ -398,13 +405,13 @@ impl<T: ?Sized> PushLock<T> {
         unsafe { self.get_unchecked_mut() }.data.get_mut()
     }
 
-    /// Debug builds: whether the calling thread holds this lock exclusive (through a
-    /// [`PushLockWriteGuard`] or a mapped one). For assertions such as
-    /// `debug_assert!(lock.is_locked_exclusive_by_current_thread())` in code that requires the caller
-    /// to hold the lock.
+    /// Debug builds: panics unless the calling thread holds this lock exclusive (through a
+    /// [`PushLockWriteGuard`] or a mapped one), naming the lock. For code that requires its caller
+    /// to hold the lock. Release builds track no owner (Windows has no owner query for push locks)
+    /// and check nothing.
     ///
-    /// Release builds track no owner (Windows has no owner query for push locks): this returns
-    /// `true` there, so that assertions built on it never fire. Do not use it to decide whether to lock.
+    /// There is deliberately no query returning a `bool`: a release build could only answer it with
+    /// a guess, and code deciding whether to lock on a guess either deadlocks or races.
     ///
     /// ```
     /// # use fltsim as _;
@@ -414,12 +421,14 @@ impl<T: ?Sized> PushLock<T> {
     ///
     /// let lock = PushLock::try_pin_in(0_u32, PagedAllocator::new(tags::PUSH_LOCK)).unwrap();
     /// let guard = lock.write();
-    /// debug_assert!(lock.is_locked_exclusive_by_current_thread());
+    /// lock.debug_assert_held_exclusive();
     /// drop(guard);
     /// ```
-    #[must_use]
-    pub fn is_locked_exclusive_by_current_thread(&self) -> bool {
-        self.raw.tracker.held_exclusive_by_current_thread()
+    #[track_caller]
+    pub fn debug_assert_held_exclusive(&self) {
+        self.raw
+            .tracker
+            .assert_held_exclusive(self.raw.word_ptr().addr());
     }
 
     /// The address of the `EX_PUSH_LOCK` word (offset 0 of the `PushLock`), for diagnostics: a

@@ -2,7 +2,7 @@
 //! on Windows fails at once with a message instead. Release builds: a zero-sized no-op.
 //!
 //! Windows offers nothing here: push locks have no owner query, no `!locks` support and no Driver
-//! Verifier deadlock detection (kernel-facts.md, "Push locks"). The state lives in the lock itself,
+//! Verifier deadlock detection (`docs/kernel-rules.md`, "Push locks"). The state lives in the lock itself,
 //! in debug-only fields, so tracking needs no allocation and no global table:
 //!
 //! - the exclusive owner: one word holding the owner's thread token (0 when not held exclusive);
@@ -172,9 +172,14 @@ mod debug {
             );
         }
 
-        /// Whether the calling thread holds the lock exclusive.
-        pub(crate) fn held_exclusive_by_current_thread(&self) -> bool {
-            self.exclusive_owner.load(Relaxed) == current_thread()
+        /// Panics unless the calling thread holds the lock exclusive.
+        #[track_caller]
+        pub(crate) fn assert_held_exclusive(&self, address: usize) {
+            assert!(
+                self.exclusive_owner.load(Relaxed) == current_thread(),
+                "iotally: push lock {address:#x} is not held exclusive by this thread, which the \
+                 caller requires (take PushLock::write first)"
+            );
         }
     }
 }
@@ -206,10 +211,8 @@ mod release {
         pub(crate) fn shared_releasing(&self, _routine: &str, _address: usize) {}
         #[inline]
         pub(crate) fn before_delete(&self, _routine: &str, _address: usize) {}
-        /// Nothing is tracked: `true`, so that assertions built on it never fire in release builds.
+        /// Nothing is tracked, so nothing is checked.
         #[inline]
-        pub(crate) fn held_exclusive_by_current_thread(&self) -> bool {
-            true
-        }
+        pub(crate) fn assert_held_exclusive(&self, _address: usize) {}
     }
 }

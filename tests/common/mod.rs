@@ -12,6 +12,15 @@ use iotally::table::Counts;
 /// The registry key iotally reads its settings from under fltsim.
 pub const PARAMETERS: &str = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services\iotally\Parameters";
 
+/// iotally's INF template, as the package ships it (less the stamped `DriverVer`).
+pub const INX: &str = include_str!("../../inf/iotally.inx");
+
+/// Installs iotally from its INF into the simulated registry, as Windows Setup would on the
+/// simulated build (call after `Sim::new`).
+pub fn install() -> fltsim::inf::Installation {
+    fltsim::inf::install(INX).expect("inf/iotally.inx installs")
+}
+
 /// A simulator with iotally loaded.
 pub struct Loaded {
     pub sim: Sim,
@@ -26,6 +35,7 @@ impl Loaded {
     /// Loads iotally with `MaxEntriesPerInstance` set (when `Some`).
     pub fn with_max_entries(max: Option<u32>) -> Self {
         let sim = Sim::new();
+        install();
         if let Some(max) = max {
             registry::set_value(PARAMETERS, "MaxEntriesPerInstance", Value::Dword(max));
         }
@@ -47,23 +57,28 @@ impl Loaded {
     /// iotally has no instance there.
     pub fn tallies(&self, volume: Volume) -> Option<BTreeMap<String, Counts>> {
         let instance = self.sim.instance(volume)?;
-        iotally::inspect::with_instance(instance, |view| {
-            let prefix = String::from_utf16_lossy(view.volume_name());
-            view.table()
-                .iter()
-                .map(|(_, tally)| {
-                    let name = String::from_utf16_lossy(tally.name());
-                    let relative = name.strip_prefix(&prefix).unwrap_or(&name).to_owned();
-                    (relative, tally.counts())
-                })
-                .collect()
-        })
+        // SAFETY: the instance is attached (fltsim just returned it) and nothing detaches it while
+        // the test thread reads it.
+        unsafe {
+            iotally::inspect::with_instance(instance, |view| {
+                let prefix = String::from_utf16_lossy(view.volume_name());
+                view.table()
+                    .iter()
+                    .map(|(_, tally)| {
+                        let name = String::from_utf16_lossy(tally.name());
+                        let relative = name.strip_prefix(&prefix).unwrap_or(&name).to_owned();
+                        (relative, tally.counts())
+                    })
+                    .collect()
+            })
+        }
     }
 
     /// The table statistics of `volume`'s instance.
     pub fn stats(&self, volume: Volume) -> StatsSnapshot {
         let instance = self.sim.instance(volume).expect("iotally is attached");
-        iotally::inspect::with_instance(instance, |view| view.table().stats())
+        // SAFETY: as in `tallies`.
+        unsafe { iotally::inspect::with_instance(instance, |view| view.table().stats()) }
             .expect("the instance has a context")
     }
 

@@ -1,4 +1,4 @@
-//! The cross build of the driver with Debian's toolchain (recipe: `shared/docs/cross-build.md`).
+//! The cross build of the driver with Debian's toolchain (the flags are explained in `invocation` and `build.rs`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -2,15 +2,19 @@
 //!
 //! [`verify`] parses the image with the `object` crate and collects every rule it breaks (see
 //! [`Failure`]) together with a [`Report`] of what it found: sizes, sections, imports, exports.
-//! The rules are those of `shared/docs/cross-build.md`: machine AMD64, subsystem NATIVE, entry point at
-//! the `DriverEntry` export, imports only from kernel modules, no `__chkstk`, no writable and
-//! executable section, no TLS, and a non-zero PE checksum that matches the file.
+//! The rules: machine AMD64, subsystem NATIVE, entry point at the `DriverEntry` export, imports only
+//! from kernel modules, no `__chkstk`, no writable and executable section, no TLS, a non-zero PE
+//! checksum that matches the file, and no tail jump to a `FLTMGR.SYS` import ([`tail_jumps`]).
 
 use std::fmt;
 
 use object::LittleEndian as LE;
 use object::pe;
 use object::read::pe::{ExportTarget, ImageNtHeaders, ImageOptionalHeader, Import, PeFile64};
+
+pub mod tail_jumps;
+
+use tail_jumps::TailJump;
 
 /// Offset of `CheckSum` in the optional header (the same for PE32 and PE32+).
 const CHECKSUM_OFFSET_IN_OPTIONAL_HEADER: usize = 64;
@@ -26,6 +30,8 @@ pub struct Policy<'a> {
     pub entry_export: &'a str,
     /// `(module, function)` pairs that must be imported; modules compared without regard to case.
     pub required_imports: &'a [(&'a str, &'a str)],
+    /// Modules whose imports must never be the target of a tail jump.
+    pub no_tail_jumps_to: &'a [&'a str],
 }
 
 /// The kernel modules a file-system minifilter may import from.
@@ -38,6 +44,7 @@ impl Policy<'static> {
         allowed_modules: &KERNEL_MODULES,
         entry_export: "DriverEntry",
         required_imports: &[],
+        no_tail_jumps_to: &["FLTMGR.SYS"],
     };
 
     /// iotally itself: a kernel driver that registers, starts and unregisters a minifilter.
@@ -132,6 +139,8 @@ pub struct Report {
     pub imports: Vec<ModuleImports>,
     /// Named exports and their RVAs.
     pub exports: Vec<(String, u32)>,
+    /// Calls of the imports from the policy's `no_tail_jumps_to` modules, and the tail jumps to them.
+    pub import_branches: tail_jumps::Scan,
 }
 
 /// A rule of [`Policy`] or of kernel images in general that the image breaks.
@@ -174,6 +183,8 @@ pub enum Failure {
     Tls,
     /// The stored checksum is zero.
     ZeroChecksum,
+    /// A tail jump to an import of a module in `no_tail_jumps_to`.
+    TailJump(TailJump),
     /// The stored checksum does not match the file.
     ChecksumMismatch {
         /// Value in the optional header.
@@ -215,6 +226,11 @@ impl fmt::Display for Failure {
             }
             Self::Tls => write!(f, "has a TLS directory (kernel images cannot use TLS)"),
             Self::ZeroChecksum => write!(f, "PE checksum is zero (link with /RELEASE)"),
+            Self::TailJump(jump) => write!(
+                f,
+                "{jump}: Filter Verifier cannot tell the caller of a Filter Manager routine reached \
+                 by a jump and reports leaked references (call it through iotally's `flt` module)"
+            ),
             Self::ChecksumMismatch { stored, computed } => write!(
                 f,
                 "PE checksum is {stored:#010x}, but the file sums to {computed:#010x}"
@@ -278,7 +294,7 @@ pub fn pe_checksum(image: &[u8], checksum_offset: usize) -> u32 {
 /// Verifies `image` against `policy`, collecting a report and every failed check.
 #[must_use]
 pub fn verify(image: &[u8], policy: &Policy<'_>) -> Verification {
-    match inspect(image, policy.entry_export) {
+    match inspect(image, policy) {
         Ok(report) => {
             let failures = check(&report, image, policy);
             Verification {
@@ -294,7 +310,8 @@ pub fn verify(image: &[u8], policy: &Policy<'_>) -> Verification {
 }
 
 /// Parses the image into a [`Report`] without judging it.
-fn inspect(image: &[u8], entry_export: &str) -> Result<Report, String> {
+fn inspect(image: &[u8], policy: &Policy<'_>) -> Result<Report, String> {
+    let entry_export = policy.entry_export;
     let file = PeFile64::parse(image).map_err(|e| e.to_string())?;
     let nt = file.nt_headers();
     let optional = nt.optional_header();
@@ -342,6 +359,7 @@ fn inspect(image: &[u8], entry_export: &str) -> Result<Report, String> {
         sections,
         imports: imports(&file)?,
         exports,
+        import_branches: tail_jumps::scan(image, policy.no_tail_jumps_to)?,
     })
 }
 
@@ -438,6 +456,14 @@ fn check(report: &Report, image: &[u8], policy: &Policy<'_>) -> Vec<Failure> {
     if has_tls(image) {
         failures.push(Failure::Tls);
     }
+    failures.extend(
+        report
+            .import_branches
+            .tail_jumps
+            .iter()
+            .cloned()
+            .map(Failure::TailJump),
+    );
     if report.stored_checksum == 0 {
         failures.push(Failure::ZeroChecksum);
     } else if report.stored_checksum != report.computed_checksum {
@@ -519,7 +545,14 @@ impl fmt::Display for Report {
             )?;
         }
         let exports: Vec<&str> = self.exports.iter().map(|(name, _)| name.as_str()).collect();
-        write!(f, "exports:   {}", exports.join(", "))
+        writeln!(f, "exports:   {}", exports.join(", "))?;
+        write!(
+            f,
+            "branches: {} call site(s) of {} imports, {} tail jump(s)",
+            self.import_branches.calls,
+            self.import_branches.modules.join(", "),
+            self.import_branches.tail_jumps.len()
+        )
     }
 }
 

@@ -1,5 +1,5 @@
 //! The Debian toolchain the cross build needs, how to tell whether it is installed, and the command
-//! that installs it (see `shared/docs/cross-build.md`).
+//! that installs it (the README, "On a fresh Linux machine").
 
 use std::path::Path;
 

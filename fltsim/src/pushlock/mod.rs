@@ -4,7 +4,7 @@
 //! The lock's state lives in the caller's 8-byte `EX_PUSH_LOCK` word ([`word`] documents each bit and
 //! the algorithm); waiters park by the word's address. The simulator's own bookkeeping (module `registry`)
 //! turns what would hang or bugcheck on Windows into a panic starting `fltsim: ` that names the rule
-//! (kernel-facts.md, "Push locks"; Microsoft's `FltAcquirePushLockShared` etc. reference pages); the
+//! (`docs/kernel-rules.md`, "Push locks"; Microsoft's `FltAcquirePushLockShared` etc. reference pages); the
 //! panic cannot leave the `extern "system"` export, so it aborts the process like a bugcheck
 //! ([`crate::bugcheck`]):
 //!

@@ -166,8 +166,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Installs `config` and forgets earlier events. Call after `Sim::new`.
+/// The service name every test loads the test minifilter as.
+pub const SERVICE: &str = "testflt";
+
+/// Installs `config` and forgets earlier events, and installs the test minifilter's service keys
+/// (one instance at altitude 370000) as its INF would. Call after `Sim::new`.
 pub fn configure(config: Config) {
+    fltsim::service::install_minifilter(SERVICE, "370000");
     *lock(&CONFIG) = Some(config);
     lock(&EVENTS).clear();
     *lock(&FILTER) = 0;

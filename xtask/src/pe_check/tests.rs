@@ -4,7 +4,7 @@
 use object::pe;
 use object::write::pe::{NtHeaders, Writer};
 
-use super::{Failure, Policy, checksum_offset, pe_checksum, verify};
+use super::{Failure, Policy, checksum_offset, pe_checksum, tail_jumps, verify};
 
 /// Everything the test images vary in.
 #[derive(Clone)]
@@ -22,6 +22,30 @@ struct Spec {
     tls: bool,
     /// Store the correct checksum (otherwise leave it zero).
     checksum: bool,
+    /// The `.text` section's bytes, given where it and the import address table entries are
+    /// (default: `ret` instructions).
+    code: fn(&Code) -> Vec<u8>,
+}
+
+/// Where things are when the test image's code is assembled.
+struct Code {
+    /// RVA of `.text`.
+    text: u32,
+    /// RVA of each import's address table entry, by function name.
+    slots: std::collections::HashMap<&'static str, u32>,
+}
+
+impl Code {
+    fn slot(&self, function: &str) -> u32 {
+        self.slots[function]
+    }
+}
+
+/// Size of the test images' `.text`.
+const TEXT_SIZE: usize = 0x100;
+
+fn rets(_: &Code) -> Vec<u8> {
+    vec![0xc3; TEXT_SIZE]
 }
 
 impl Spec {
@@ -46,6 +70,7 @@ impl Spec {
             wx_section: false,
             tls: false,
             checksum: true,
+            code: rets,
         }
     }
 }
@@ -65,7 +90,17 @@ fn rva(base: u32, offset: usize) -> u32 {
 /// Builds `.rdata` for a section at RVA `base`: import directory (descriptors, lookup and address
 /// tables, hint/name entries, module names) then export directory. Returns the bytes and the
 /// (offset, size) of each directory.
-fn rdata(base: u32, text_rva: u32, spec: &Spec) -> (Vec<u8>, (usize, usize), (usize, usize)) {
+/// The import directory's bytes, its and the export directory's (offset, size), and the RVA of each
+/// import's address table entry.
+type Rdata = (
+    Vec<u8>,
+    (usize, usize),
+    (usize, usize),
+    std::collections::HashMap<&'static str, u32>,
+);
+
+fn rdata(base: u32, text_rva: u32, spec: &Spec) -> Rdata {
+    let mut slots = std::collections::HashMap::new();
     let mut out = vec![0u8; 20 * (spec.imports.len() + 1)];
     for (index, (module, functions)) in spec.imports.iter().enumerate() {
         let lookup = out.len();
@@ -83,6 +118,7 @@ fn rdata(base: u32, text_rva: u32, spec: &Spec) -> (Vec<u8>, (usize, usize), (us
             let target = u64::from(rva(base, hint_name));
             put_u64(&mut out, lookup + 8 * slot, target);
             put_u64(&mut out, address + 8 * slot, target);
+            slots.insert(*function, rva(base, address + 8 * slot));
         }
         let name = out.len();
         out.extend_from_slice(module.as_bytes());
@@ -128,18 +164,18 @@ fn rdata(base: u32, text_rva: u32, spec: &Spec) -> (Vec<u8>, (usize, usize), (us
     put_u32(&mut out, export_start + 32, rva(base, names));
     put_u32(&mut out, export_start + 36, rva(base, ordinals));
     let export_dir = (export_start, out.len() - export_start);
-    (out, import_dir, export_dir)
+    (out, import_dir, export_dir, slots)
 }
 
 /// Builds a PE32+ image from `spec`.
 fn build(spec: &Spec) -> Vec<u8> {
-    let text = vec![0xc3u8; 0x40];
+    let text_len = u32::try_from(TEXT_SIZE).unwrap();
     let mut image = Vec::new();
     let mut writer = Writer::new(true, 0x1000, 0x200, &mut image);
     writer.reserve_dos_header_and_stub();
     writer.reserve_nt_headers(pe::IMAGE_NUMBEROF_DIRECTORY_ENTRIES);
     writer.reserve_section_headers(if spec.wx_section { 3 } else { 2 });
-    let text_range = writer.reserve_text_section(u32::try_from(text.len()).unwrap());
+    let text_range = writer.reserve_text_section(text_len);
     let rdata_len = rdata(0, 0, spec).0.len();
     let rdata_range = writer.reserve_rdata_section(u32::try_from(rdata_len).unwrap());
     let wx_range = spec.wx_section.then(|| {
@@ -153,11 +189,17 @@ fn build(spec: &Spec) -> Vec<u8> {
             0x10,
         )
     });
-    let (rdata_bytes, import_dir, export_dir) = rdata(
+    let (rdata_bytes, import_dir, export_dir, slots) = rdata(
         rdata_range.virtual_address,
         text_range.virtual_address,
         spec,
     );
+    let mut text = (spec.code)(&Code {
+        text: text_range.virtual_address,
+        slots,
+    });
+    assert!(text.len() <= TEXT_SIZE, "test code is larger than .text");
+    text.resize(TEXT_SIZE, 0xc3);
     let dir = |(offset, size): (usize, usize)| {
         (
             rva(rdata_range.virtual_address, offset),
@@ -470,4 +512,196 @@ fn every_rule_broken_at_once_is_reported_at_once() {
     };
     spec.imports.push(("KERNEL32.dll", vec!["__chkstk"]));
     assert_eq!(failures(&build(&spec)).len(), 8);
+}
+
+/// A tiny x64 assembler for the tail-jump tests: appends instructions at the end of `.text`'s code.
+struct Asm<'a> {
+    code: &'a Code,
+    bytes: Vec<u8>,
+}
+
+impl<'a> Asm<'a> {
+    fn new(code: &'a Code) -> Self {
+        Self {
+            code,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// RVA of the next instruction.
+    fn here(&self) -> u32 {
+        self.code.text + u32::try_from(self.bytes.len()).unwrap()
+    }
+
+    /// Pads with `int3` up to offset `offset` of `.text`.
+    fn at(&mut self, offset: usize) -> &mut Self {
+        self.bytes.resize(offset, 0xcc);
+        self
+    }
+
+    /// `opcode` followed by a 32-bit displacement to `target`, relative to the instruction's end.
+    fn rel32(&mut self, opcode: &[u8], target: u32) -> &mut Self {
+        let end = i64::from(self.here()) + i64::try_from(opcode.len()).unwrap() + 4;
+        let displacement = i32::try_from(i64::from(target) - end).unwrap();
+        self.bytes.extend_from_slice(opcode);
+        self.bytes.extend_from_slice(&displacement.to_le_bytes());
+        self
+    }
+
+    fn jmp_import(&mut self, function: &str) -> &mut Self {
+        let slot = self.code.slot(function);
+        self.rel32(&[0xff, 0x25], slot)
+    }
+
+    fn call_import(&mut self, function: &str) -> &mut Self {
+        let slot = self.code.slot(function);
+        self.rel32(&[0xff, 0x15], slot)
+    }
+
+    fn mov_rax_import(&mut self, function: &str) -> &mut Self {
+        let slot = self.code.slot(function);
+        self.rel32(&[0x48, 0x8b, 0x05], slot)
+    }
+
+    fn call(&mut self, offset: u32) -> &mut Self {
+        let target = self.code.text + offset;
+        self.rel32(&[0xe8], target)
+    }
+
+    fn jmp(&mut self, offset: u32) -> &mut Self {
+        let target = self.code.text + offset;
+        self.rel32(&[0xe9], target)
+    }
+
+    fn je(&mut self, offset: u32) -> &mut Self {
+        let target = self.code.text + offset;
+        self.rel32(&[0x0f, 0x84], target)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
+    fn ret(&mut self) -> &mut Self {
+        self.bytes(&[0xc3])
+    }
+
+    fn done(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+/// Offset of the import thunk in the thunk tests.
+const THUNK: u32 = 0x80;
+
+fn tail_jumps(code: fn(&Code) -> Vec<u8>) -> Vec<Failure> {
+    failures(&build(&Spec {
+        code,
+        ..Spec::good()
+    }))
+}
+
+#[test]
+fn calls_to_filter_manager_are_not_tail_jumps() {
+    let spec = Spec {
+        code: |c| {
+            let mut asm = Asm::new(c);
+            asm.at(0x10).call_import("FltStartFiltering").ret();
+            asm.mov_rax_import("FltUnregisterFilter")
+                .bytes(&[0xff, 0xd0])
+                .ret();
+            asm.call(THUNK).ret();
+            asm.at(usize::try_from(THUNK).unwrap())
+                .jmp_import("FltRegisterFilter");
+            asm.done()
+        },
+        ..Spec::good()
+    };
+    let verification = verify(&build(&spec), &Policy::IOTALLY);
+    assert_eq!(verification.failures, []);
+    let report = verification.report.unwrap();
+    assert_eq!(
+        report.import_branches.calls, 3,
+        "through the table, a register, a thunk"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("branches: 3 call site(s) of FLTMGR.SYS imports, 0 tail jump(s)"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_jump_through_the_import_table_is_caught() {
+    let found = tail_jumps(|c| {
+        Asm::new(c)
+            .at(0x10)
+            .jmp_import("FltUnregisterFilter")
+            .done()
+    });
+    let [Failure::TailJump(jump)] = found.as_slice() else {
+        panic!("{found:?}");
+    };
+    assert_eq!(jump.target, "fltmgr.sys!FltUnregisterFilter");
+    assert_eq!(jump.shape, tail_jumps::Shape::ThroughAddressTable);
+    assert!(
+        Failure::TailJump(jump.clone())
+            .to_string()
+            .contains("Filter Verifier")
+    );
+}
+
+#[test]
+fn jumps_to_an_import_thunk_are_caught() {
+    let found = tail_jumps(|c| {
+        let mut asm = Asm::new(c);
+        asm.at(0x10).call(THUNK).jmp(THUNK);
+        asm.bytes(&[0x85, 0xc0]).je(THUNK).ret();
+        asm.at(usize::try_from(THUNK).unwrap())
+            .jmp_import("FltStartFiltering");
+        asm.done()
+    });
+    let shapes: Vec<_> = found
+        .iter()
+        .map(|f| match f {
+            Failure::TailJump(jump) => (jump.rva & 0xff, jump.shape.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let thunk = tail_jumps::Shape::ToThunk(0x1000 + THUNK);
+    assert_eq!(
+        shapes,
+        [(0x15, thunk.clone()), (0x1c, thunk)],
+        "the jmp and the je"
+    );
+}
+
+#[test]
+fn a_jump_through_a_register_loaded_from_the_import_table_is_caught() {
+    let found = tail_jumps(|c| {
+        let mut asm = Asm::new(c);
+        // mov rax, [FltRegisterFilter]; mov ecx, 1; jmp rax
+        asm.at(0x10)
+            .mov_rax_import("FltRegisterFilter")
+            .bytes(&[0xb9, 1, 0, 0, 0]);
+        asm.bytes(&[0xff, 0xe0]);
+        // mov rax, [FltStartFiltering]; xor eax, eax; jmp rax: rax changed, not the import
+        asm.mov_rax_import("FltStartFiltering")
+            .bytes(&[0x31, 0xc0, 0xff, 0xe0]);
+        asm.done()
+    });
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        matches!(&found[0], Failure::TailJump(j) if j.target.ends_with("!FltRegisterFilter")
+            && j.shape == tail_jumps::Shape::ThroughRegister("rax".into())),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn tail_jumps_to_other_modules_are_allowed() {
+    let found = tail_jumps(|c| Asm::new(c).at(0x10).jmp_import("ExFreePoolWithTag").done());
+    assert_eq!(found, []);
 }

@@ -66,6 +66,7 @@ impl Sim {
         crate::hang::reset();
         crate::pause::reset();
         crate::names::reset();
+        crate::cachemgr::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -180,6 +181,8 @@ impl Sim {
     /// `STATUS_VOLUME_DISMOUNTED`.
     pub fn remove_volume(&self, volume: Volume) {
         let _exit = checked();
+        // A dismount flushes the volume's cached data and the cache manager lets its file objects go.
+        crate::cachemgr::lazy_writer(Some(volume.0));
         let instance = world::with(|w| {
             if let Some(v) = w.volume(volume.0) {
                 v.removed = true;

@@ -15,7 +15,11 @@ fn late_closes_reopens_before_them_and_paging_writes_after_cleanup_keep_tallies_
     let mut first = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
     first.write(100, 0);
     drop(first);
-    assert_eq!(t.sim.closes_pending(), 1, "the cache manager holds the file object");
+    assert_eq!(
+        t.sim.closes_pending(),
+        1,
+        "the cache manager holds the file object"
+    );
     // The stream is still alive: the reopen finds its stream context.
     let mut again = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
     again.read(10, 0);

@@ -218,7 +218,11 @@ fn a_stream_context_outlives_its_handles_and_a_reopen_before_the_close_finds_it(
         "the reopen found the first open's stream context"
     );
     drop(again);
-    assert_eq!(cleanups(), 1, "only the reopen's own context, refused, is gone");
+    assert_eq!(
+        cleanups(),
+        1,
+        "only the reopen's own context, refused, is gone"
+    );
     sim.run_lazy_writer();
     assert_eq!(cleanups(), 2, "the stream's goes with its last close");
     finish(&sim);

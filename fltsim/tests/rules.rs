@@ -452,6 +452,29 @@ fn name_queries_fail_under_fault_injection() {
     finish(&sim);
 }
 
+#[test]
+#[should_panic(expected = "FltQueryInformationFile called with the thread's top-level IRP set")]
+fn querying_with_a_top_level_irp_is_a_violation() {
+    let sim = Sim::new();
+    let volume = start(&sim, Config::default());
+    let file = sim.open(volume, r"\a.txt", OpenOptions::open()).unwrap();
+    let mut info = [0u64; 8];
+    fltsim::kernel::with_top_level_irp(|| {
+        // SAFETY: a live instance and file object, and a buffer of 64 bytes.
+        unsafe {
+            windows_sys::Wdk::Storage::FileSystem::Minifilters::FltQueryInformationFile(
+                sim.instance(volume).unwrap(),
+                file.file_object(),
+                info.as_mut_ptr().cast(),
+                64,
+                windows_sys::Wdk::Storage::FileSystem::FileInternalInformation,
+                ptr::null_mut(),
+            )
+        };
+    });
+    sim.check();
+}
+
 // ---- IRQL ceilings ----
 
 #[test]

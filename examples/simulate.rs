@@ -1,5 +1,6 @@
 //! iotally at work without Windows: loads the driver into fltsim, replays a workload over a few
-//! volumes from several threads, and prints each instance's busiest files.
+//! volumes from several threads, and shows what `iotallyctl` prints for it, through the driver's
+//! communication port.
 //!
 //! `cargo run --example simulate` (add `--release` for a faster run; `-- --ops N` to change the
 //! amount of I/O).
@@ -8,8 +9,10 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fltsim::{FileSystem, OpenOptions, Sim, Volume, VolumeSpec};
-use iotally::table::Counts;
+use fltsim::{Caller, FileSystem, OpenOptions, Sim, Volume, VolumeSpec};
+use iotallyctl::cli::{Batch, Cli, run};
+use iotallyctl::client::Client;
+use iotallyctl::sim::SimPort;
 
 /// A small deterministic generator (xorshift64*), so every run replays the same workload.
 struct Rng(u64);
@@ -142,10 +145,28 @@ fn main() {
     for scenario in &SCENARIOS {
         make_dirs(&sim, volumes[scenario.volume].1, scenario.dir);
     }
-    run(&sim, &volumes.map(|(_, v)| v), ops);
-    for (letter, volume) in &volumes[..3] {
-        print_instance(&sim, letter, *volume);
+    replay(&sim, &volumes.map(|(_, v)| v), ops);
+    let drives = [
+        ("C:", r"\Device\HarddiskVolume2"),
+        ("D:", r"\Device\HarddiskVolume3"),
+        ("E:", r"\Device\HarddiskVolume4"),
+    ];
+    let port = SimPort::connect(&sim, Caller::Administrator, &drives)
+        .unwrap_or_else(|e| panic!("iotallyctl: {e}"));
+    let mut client = Client::new(port);
+    for args in [
+        &["instances"][..],
+        &["top", "C:"],
+        &["top", "D:", "-n", "3"],
+        &["top", "E:", "--by", "writes", "-n", "5"],
+    ] {
+        println!("\n$ iotallyctl {}", args.join(" "));
+        let cli = Cli::from_args(args.iter().copied()).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = std::io::stdout();
+        run(&cli, &mut client, &mut out, &mut Batch(std::io::stdout()))
+            .unwrap_or_else(|e| panic!("iotallyctl: {e}"));
     }
+    drop(client);
     assert_eq!(sim.unload(false), 0, "unload failed");
     let report = sim.verifier_report();
     println!("\n{report}");
@@ -165,7 +186,7 @@ fn make_dirs(sim: &Sim, volume: Volume, dir: &str) {
 }
 
 /// Replays `ops` operations over the scenarios from four threads, showing progress.
-fn run(sim: &Sim, volumes: &[Volume], ops: u64) {
+fn replay(sim: &Sim, volumes: &[Volume], ops: u64) {
     const THREADS: u64 = 4;
     let done = AtomicU64::new(0);
     let start = Instant::now();
@@ -229,73 +250,5 @@ fn worker(sim: &Sim, volumes: &[Volume], thread: u64, ops: u64, done: &AtomicU64
         let _ = handle.close();
         issued += burst + 2;
         done.fetch_add(burst + 2, Ordering::Relaxed);
-    }
-}
-
-/// Prints one instance's statistics and its ten files with the most bytes transferred.
-fn print_instance(sim: &Sim, letter: &str, volume: Volume) {
-    let Some(instance) = sim.instance(volume) else {
-        return;
-    };
-    // SAFETY: the instance is attached (fltsim just returned it) and this thread detaches nothing
-    // while it reads.
-    let visited = unsafe {
-        iotally::inspect::with_instance(instance, |view| {
-            let rows: Vec<(String, Counts)> = view
-                .table()
-                .iter()
-                .map(|(_, tally)| (String::from_utf16_lossy(tally.name()), tally.counts()))
-                .collect();
-            (
-                String::from_utf16_lossy(view.volume_name()),
-                view.table().stats(),
-                rows,
-            )
-        })
-    };
-    let Some((name, stats, mut rows)) = visited else {
-        return;
-    };
-    rows.sort_by_key(|(_, c)| std::cmp::Reverse(c.bytes_read.saturating_add(c.bytes_written)));
-    let listed: Vec<String> = stats
-        .iter()
-        .map(|(stat, value)| format!("{} {value}", stat.name().replace('_', " ")))
-        .collect();
-    println!(
-        "\n{letter} {name}: {} files tallied ({})",
-        rows.len(),
-        listed.join(", ")
-    );
-    println!(
-        "  {:<44} {:>6} {:>7} {:>7} {:>10} {:>10}",
-        "file", "opens", "reads", "writes", "read", "written"
-    );
-    for (file, counts) in rows.iter().take(10) {
-        let file = file.strip_prefix(&name).unwrap_or(file);
-        println!(
-            "  {file:<44} {:>6} {:>7} {:>7} {:>10} {:>10}",
-            counts.opens,
-            counts.reads,
-            counts.writes,
-            human(counts.bytes_read),
-            human(counts.bytes_written)
-        );
-    }
-}
-
-/// Bytes with a binary unit.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[allow(clippy::cast_precision_loss)] // a display figure
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -35,13 +35,16 @@
     reason = "a wrapper is inlined into every caller, so that the barrier follows each call"
 )]
 
-use windows_sys::Wdk::Foundation::{DRIVER_OBJECT, FILE_OBJECT, POOL_TYPE};
+use windows_sys::Wdk::Foundation::{DRIVER_OBJECT, FILE_OBJECT, OBJECT_ATTRIBUTES, POOL_TYPE};
 use windows_sys::Wdk::Storage::FileSystem::FILE_INFORMATION_CLASS;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     self as imports, FLT_CALLBACK_DATA, FLT_FILE_NAME_INFORMATION, FLT_REGISTRATION,
-    FLT_SET_CONTEXT_OPERATION, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE, PFLT_VOLUME,
+    FLT_SET_CONTEXT_OPERATION, PFLT_CONNECT_NOTIFY, PFLT_CONTEXT, PFLT_DISCONNECT_NOTIFY,
+    PFLT_FILTER, PFLT_INSTANCE, PFLT_MESSAGE_NOTIFY, PFLT_PORT, PFLT_VOLUME,
 };
 use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
+use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
+use windows_sys::Win32::Storage::InstallableFileSystems::FLT_FILESYSTEM_TYPE;
 
 /// Code the compiler must keep after a call: an empty inline-assembly statement.
 #[inline(always)]
@@ -63,6 +66,7 @@ macro_rules! no_tail_calls {
         /// The routine's own contract (its Microsoft reference page): valid arguments, the
         /// documented IRQL.
         #[inline(always)]
+        #[allow(clippy::too_many_arguments, reason = "the routine's own parameters")]
         pub(crate) unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: forwarded unchanged; the caller keeps the routine's contract.
             let result = unsafe { imports::$name($($arg),*) };
@@ -151,4 +155,41 @@ no_tail_calls! {
     fn FltReleasePushLock(pushlock: *mut usize);
     /// `FltDeletePushLock`.
     fn FltDeletePushLock(pushlock: *const usize);
+    /// `FltBuildDefaultSecurityDescriptor`.
+    fn FltBuildDefaultSecurityDescriptor(
+        securitydescriptor: *mut PSECURITY_DESCRIPTOR,
+        desiredaccess: u32,
+    ) -> NTSTATUS;
+    /// `FltFreeSecurityDescriptor`.
+    fn FltFreeSecurityDescriptor(securitydescriptor: PSECURITY_DESCRIPTOR);
+    /// `FltCreateCommunicationPort`.
+    fn FltCreateCommunicationPort(
+        filter: PFLT_FILTER,
+        serverport: *mut PFLT_PORT,
+        objectattributes: *const OBJECT_ATTRIBUTES,
+        serverportcookie: *const core::ffi::c_void,
+        connectnotifycallback: PFLT_CONNECT_NOTIFY,
+        disconnectnotifycallback: PFLT_DISCONNECT_NOTIFY,
+        messagenotifycallback: PFLT_MESSAGE_NOTIFY,
+        maxconnections: i32,
+    ) -> NTSTATUS;
+    /// `FltCloseCommunicationPort`.
+    fn FltCloseCommunicationPort(serverport: PFLT_PORT);
+    /// `FltCloseClientPort`.
+    fn FltCloseClientPort(filter: PFLT_FILTER, clientport: *mut PFLT_PORT);
+    /// `FltEnumerateInstances`.
+    fn FltEnumerateInstances(
+        volume: PFLT_VOLUME,
+        filter: PFLT_FILTER,
+        instancelist: *mut PFLT_INSTANCE,
+        instancelistsize: u32,
+        numberinstancesreturned: *mut u32,
+    ) -> NTSTATUS;
+    /// `FltObjectDereference`.
+    fn FltObjectDereference(fltobject: *mut core::ffi::c_void);
+    /// `FltGetFileSystemType`.
+    fn FltGetFileSystemType(
+        fltobject: *const core::ffi::c_void,
+        filesystemtype: *mut FLT_FILESYSTEM_TYPE,
+    ) -> NTSTATUS;
 }

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod irql;
 pub mod log;
 pub mod pool;
+mod port;
 #[cfg(all(windows, not(feature = "wdk")))]
 mod runtime;
 

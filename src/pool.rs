@@ -181,19 +181,37 @@ pub mod tags {
     /// ```
     pub const PUSH_LOCK: Tag = Tag::new(*b"ItLk");
 
+    /// `ItRq`: a communication-port request, copied in from user mode (nonpaged:
+    /// `MmCopyMemory`'s target must be).
+    ///
+    /// ```
+    /// assert_eq!(iotally::pool::tags::PORT_REQUEST.to_string(), "ItRq");
+    /// ```
+    pub const PORT_REQUEST: Tag = Tag::new(*b"ItRq");
+
+    /// `ItRp`: a communication-port answer, built before it is copied out to user mode, and the
+    /// scratch lists the port builds it with (instances, ranked files).
+    ///
+    /// ```
+    /// assert_eq!(iotally::pool::tags::PORT_REPLY.to_string(), "ItRp");
+    /// ```
+    pub const PORT_REPLY: Tag = Tag::new(*b"ItRp");
+
     /// Every tag above with what it is for, for reports and tests.
     ///
     /// ```
     /// let tags: Vec<_> = iotally::pool::tags::ALL.iter().map(|(tag, _)| *tag).collect();
     /// assert!(tags.contains(&iotally::pool::tags::TABLE));
     /// ```
-    pub const ALL: [(Tag, &str); 6] = [
+    pub const ALL: [(Tag, &str); 8] = [
         (TABLE, "per-instance tally table storage"),
         (INSTANCE_CONTEXT, "instance contexts"),
         (STREAM_CONTEXT, "stream contexts"),
         (VOLUME_NAME, "volume names"),
         (FILE_NAME, "file names in table entries"),
         (PUSH_LOCK, "stand-alone push locks"),
+        (PORT_REQUEST, "communication-port requests"),
+        (PORT_REPLY, "communication-port answers"),
     ];
 }
 

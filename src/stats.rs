@@ -22,6 +22,13 @@ impl Stats {
         self.0[stat.index()].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sets every counter back to 0 (a reset of the instance's tallies).
+    pub fn reset(&self) {
+        for counter in &self.0 {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A copy of every counter.
     #[must_use]
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -189,6 +189,15 @@ impl<A: Allocator + Clone> Table<A> {
         self.entries.iter().map(|(k, v)| (*k, v))
     }
 
+    /// Removes every entry and zeroes the statistics (the port's reset); returns how many entries
+    /// there were. Keeps the table's storage for the files to come; allocates nothing.
+    pub fn clear(&mut self) -> usize {
+        let removed = self.entries.len();
+        self.entries.clear();
+        self.stats.reset();
+        removed
+    }
+
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -393,6 +402,20 @@ mod tests {
         assert!(table.get(FileKey(2)).is_none());
         assert!(table.get(FileKey(1)).is_some());
         assert_eq!(table.stats().get(Stat::Evictions), 1);
+    }
+
+    #[test]
+    fn clear_empties_the_table_and_zeroes_the_statistics() {
+        let mut table = Table::new_in(4, Global);
+        table.record_open(FileKey(1), &utf16("a"), 1);
+        table.record_open(FileKey(2), &utf16("b"), 1);
+        assert_eq!(table.clear(), 2);
+        assert!(table.is_empty());
+        assert!(table.stats().iter().all(|(_, v)| v == 0));
+        assert_eq!(
+            table.record_open(FileKey(1), &utf16("a"), 2),
+            OpenOutcome::Inserted
+        );
     }
 
     #[test]

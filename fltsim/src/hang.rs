@@ -85,6 +85,10 @@ pub(crate) enum Wait {
     Paused(String),
     /// For some thread to reach a pause point.
     ForPause(String),
+    /// For the `MessageNotify` calls running on a connection to return (a disconnect).
+    Messages { client: isize },
+    /// For the rundown references on an instance to be released (its teardown).
+    Rundown { instance: isize },
 }
 
 impl std::fmt::Display for Wait {
@@ -110,6 +114,15 @@ impl std::fmt::Display for Wait {
             }
             Self::Paused(point) => write!(f, "Sim::resume({point}) (stopped at a pause point)"),
             Self::ForPause(point) => write!(f, "a thread to reach pause point {point}"),
+            Self::Messages { client } => write!(
+                f,
+                "the MessageNotify calls on client port {client:#x} to return (a disconnect)"
+            ),
+            Self::Rundown { instance } => write!(
+                f,
+                "the rundown references on instance {instance:#x} (FltEnumerateInstances, \
+                 FltObjectReference) to be released with FltObjectDereference (its teardown)"
+            ),
         }
     }
 }

@@ -155,6 +155,7 @@ pub(crate) fn teardown(instance: isize, reason: u32) {
             unsafe { complete.call(&raw const objects, reason) };
         });
     }
+    crate::objects::wait_for_rundown(instance);
     crate::context::instance_gone(instance);
     world::with(|w| {
         if let Some(i) = w.instances.get_mut(&instance) {

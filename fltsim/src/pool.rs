@@ -449,3 +449,13 @@ const _: [unsafe extern "system" fn(*mut c_void, u32); 2] = [
     ExFreePoolWithTag,
     windows_sys::Wdk::System::SystemServices::ExFreePoolWithTag,
 ];
+
+/// Whether `[address, address + len)` lies inside a live paged-pool block (for routines whose
+/// buffers must be nonpageable, such as `MmCopyMemory`'s target).
+pub(crate) fn in_paged_pool(address: usize, len: usize) -> bool {
+    with_pool(|pool| {
+        pool.live.iter().any(|(&start, block)| {
+            block.paged && address >= start && address.saturating_add(len) <= start + block.size
+        })
+    })
+}

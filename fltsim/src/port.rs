@@ -1,9 +1,16 @@
 //! Communication ports: `FltCreateCommunicationPort`, `FltCloseCommunicationPort`,
 //! `FltCloseClientPort`, the default security descriptor routines, and an in-process user-mode
-//! client ([`PortClient`]) that connects, sends messages and disconnects.
+//! client ([`PortClient`]) that connects (as an administrator or a standard user), sends messages
+//! and disconnects.
 //!
-//! The message callback gets user-mode-like buffers: the client's bytes copied into a fresh
-//! allocation (NULL when empty) and an output buffer of exactly the capacity asked for.
+//! The message callback gets user-mode buffers as Filter Manager passes them ("`PFLT_MESSAGE_NOTIFY`
+//! callback function (fltkernel.h)"): raw user addresses, probed with `ProbeForRead` (the range
+//! only: an unmapped input buffer gets through) and `ProbeForWrite` (which touches the pages: an
+//! unmapped output buffer is refused before the callback runs), never aligned on purpose. A client
+//! can hand the callback an unmapped input buffer ([`Input::Unmapped`]), an output buffer that it
+//! unmapped or made read-only after the probe ([`Output::UnmappedAfterProbe`],
+//! [`Output::ReadOnlyAfterProbe`]) and misaligned buffers; see the `usermem` module for what a
+//! driver may do with them.
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
@@ -13,9 +20,10 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     PFLT_CONNECT_NOTIFY, PFLT_DISCONNECT_NOTIFY, PFLT_FILTER, PFLT_MESSAGE_NOTIFY, PFLT_PORT,
 };
 use windows_sys::Win32::Foundation::{
-    NTSTATUS, OBJ_KERNEL_HANDLE, STATUS_CONNECTION_COUNT_LIMIT, STATUS_INVALID_PARAMETER,
-    STATUS_NOT_SUPPORTED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND,
-    STATUS_PORT_DISCONNECTED, STATUS_SUCCESS,
+    NTSTATUS, OBJ_KERNEL_HANDLE, STATUS_ACCESS_DENIED, STATUS_ACCESS_VIOLATION,
+    STATUS_CONNECTION_COUNT_LIMIT, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PORT_DISCONNECTED,
+    STATUS_SUCCESS,
 };
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 
@@ -23,6 +31,7 @@ use crate::Sim;
 use crate::abi::{ConnectNotify, DisconnectNotify, MessageNotify};
 use crate::callback::call_at;
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
+use crate::usermem::{self, Access, UNMAPPED_BASE, UNMAPPED_LIMIT};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
 use crate::world::{self, Anchor, ClientPort, FilterState, ServerPort};
 
@@ -143,6 +152,12 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
         invalid_handle("FltCreateCommunicationPort", "filter", filter);
         return STATUS_INVALID_PARAMETER;
     }
+    let descriptor = if objectattributes.is_null() {
+        0
+    } else {
+        // SAFETY: non-null; the caller's OBJECT_ATTRIBUTES.
+        unsafe { (*objectattributes).SecurityDescriptor }.addr()
+    };
     // SAFETY: the caller's OBJECT_ATTRIBUTES (validated inside).
     let name = match unsafe { port_name(objectattributes) } {
         Ok(name) => name,
@@ -174,9 +189,11 @@ pub unsafe extern "system" fn FltCreateCommunicationPort(
         }
         let anchor = Anchor::new();
         let handle = anchor.handle();
+        let admins_only = w.security_descriptors.contains_key(&descriptor);
         w.server_ports.insert(
             handle,
             ServerPort {
+                admins_only,
                 _anchor: anchor,
                 name,
                 cookie: serverportcookie as usize,
@@ -261,9 +278,13 @@ pub unsafe extern "system" fn FltCloseClientPort(filter: PFLT_FILTER, clientport
     }
 }
 
+/// A `DisconnectNotify` call owed to a connection that just ended: the client port, its cookie and
+/// the callback.
+pub(crate) type Disconnect = (isize, usize, Option<DisconnectNotify>);
+
 /// Marks every live connection disconnected (the filter is unregistering); returns the calls to
 /// make to `DisconnectNotify`.
-pub(crate) fn disconnect_all_clients() -> Vec<(usize, Option<DisconnectNotify>)> {
+pub(crate) fn disconnect_all_clients() -> Vec<Disconnect> {
     world::with(|w| {
         let mut calls = Vec::new();
         let live: Vec<isize> = w
@@ -280,16 +301,23 @@ pub(crate) fn disconnect_all_clients() -> Vec<(usize, Option<DisconnectNotify>)>
             let (server, cookie) = (client.server, client.cookie);
             if let Some(port) = w.server_ports.get_mut(&server) {
                 port.connections -= 1;
-                calls.push((cookie, port.disconnect));
+                calls.push((handle, cookie, port.disconnect));
             }
         }
         calls
     })
 }
 
-/// Calls `DisconnectNotify` for each connection collected by [`disconnect_all_clients`].
-pub(crate) fn notify_disconnects(calls: Vec<(usize, Option<DisconnectNotify>)>) {
-    for (cookie, disconnect) in calls {
+/// Calls `DisconnectNotify` for each connection collected by [`disconnect_all_clients`], once the
+/// `MessageNotify` calls still running on it have returned (a disconnect never overtakes them).
+pub(crate) fn notify_disconnects(calls: Vec<Disconnect>) {
+    for (client, cookie, disconnect) in calls {
+        world::wait_for(&world::Wait::Messages { client }, |w| {
+            w.client_ports
+                .get(&client)
+                .is_none_or(|c| c.in_flight == 0)
+                .then_some(())
+        });
         if let Some(disconnect) = disconnect {
             call_at(PASSIVE_LEVEL, "DisconnectNotifyCallback", || {
                 // SAFETY: the driver's DisconnectNotify with the cookie its ConnectNotify returned.
@@ -317,14 +345,42 @@ pub struct PortClient<'sim> {
     _sim: PhantomData<&'sim Sim>,
 }
 
+/// Who connects to a port ([`Sim::connect_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A member of Administrators (elevated), or SYSTEM.
+    Administrator,
+    /// A standard user, or an administrator without elevation.
+    StandardUser,
+}
+
 impl Sim {
-    /// Connects to the server port named `port_name` with `context` as the connection context:
-    /// calls `ConnectNotify` at `PASSIVE_LEVEL`.
+    /// Connects to the server port named `port_name` as an administrator, with `context` as the
+    /// connection context: [`Sim::connect_as`] with [`Caller::Administrator`].
     ///
     /// # Errors
-    /// `STATUS_OBJECT_NAME_NOT_FOUND` if no open port has that name,
-    /// `STATUS_CONNECTION_COUNT_LIMIT` past `MaxConnections`, or `ConnectNotify`'s failure status.
+    /// As [`Sim::connect_as`].
     pub fn connect(&self, port_name: &str, context: &[u8]) -> Result<PortClient<'_>, NTSTATUS> {
+        self.connect_as(Caller::Administrator, port_name, context)
+    }
+
+    /// Connects to the server port named `port_name` as `caller` (`FilterConnectCommunicationPort`):
+    /// checks the port's security, then calls `ConnectNotify` at `PASSIVE_LEVEL`.
+    ///
+    /// A port created with a descriptor from `FltBuildDefaultSecurityDescriptor` admits
+    /// administrators and SYSTEM only ("`FltBuildDefaultSecurityDescriptor` function
+    /// (fltkernel.h)"); fltsim does not model other descriptors, and lets anyone connect to them.
+    ///
+    /// # Errors
+    /// `STATUS_OBJECT_NAME_NOT_FOUND` if no open port has that name, `STATUS_ACCESS_DENIED` for a
+    /// standard user on an administrators-only port, `STATUS_CONNECTION_COUNT_LIMIT` past
+    /// `MaxConnections`, or `ConnectNotify`'s failure status.
+    pub fn connect_as(
+        &self,
+        caller: Caller,
+        port_name: &str,
+        context: &[u8],
+    ) -> Result<PortClient<'_>, NTSTATUS> {
         let _exit = crate::session::checked();
         let found = world::with(|w| {
             let (&server, port) = w
@@ -332,6 +388,9 @@ impl Sim {
                 .iter_mut()
                 .find(|(_, p)| p.open && p.name.eq_ignore_ascii_case(port_name))
                 .ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+            if port.admins_only && caller == Caller::StandardUser {
+                return Err(STATUS_ACCESS_DENIED);
+            }
             if port.connections >= usize::try_from(port.max_connections).unwrap_or(0) {
                 return Err(STATUS_CONNECTION_COUNT_LIMIT);
             }
@@ -347,6 +406,7 @@ impl Sim {
                     cookie: 0,
                     closed_by_driver: false,
                     disconnected: false,
+                    in_flight: 0,
                 },
             );
             Ok((handle, cookie, connect))
@@ -394,6 +454,115 @@ impl Sim {
     }
 }
 
+/// The input buffer of a message ([`PortClient::message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// NULL, length 0.
+    Null,
+    /// These bytes, in a buffer aligned to 16 bytes (empty: a valid address with length 0).
+    Bytes(&'a [u8]),
+    /// These bytes at an address one byte past an aligned one.
+    Misaligned(&'a [u8]),
+    /// An address the process never mapped, with this length: `ProbeForRead` checks only that the
+    /// range is in user space, so the callback gets it.
+    Unmapped(u32),
+}
+
+/// The output buffer of a message ([`PortClient::message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// NULL, length 0.
+    Null,
+    /// A zeroed, writable buffer of this length, aligned to 16 bytes.
+    Buffer(u32),
+    /// A writable buffer of this length at an address one byte past an aligned one.
+    Misaligned(u32),
+    /// An unmapped address: `ProbeForWrite` fails, Filter Manager returns
+    /// `STATUS_ACCESS_VIOLATION` and the callback never runs.
+    Unmapped(u32),
+    /// A buffer the process unmapped (another of its threads freed it) after Filter Manager probed
+    /// it: the callback gets an address that faults.
+    UnmappedAfterProbe(u32),
+    /// A buffer the process made read-only after Filter Manager probed it.
+    ReadOnlyAfterProbe(u32),
+}
+
+/// What `FilterSendMessage` gives the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The status (`MessageNotify`'s, or Filter Manager's when the callback did not run).
+    pub status: NTSTATUS,
+    /// `*ReturnOutputBufferLength` as the callback left it (0 if it did not run).
+    pub returned: u32,
+    /// The whole output buffer afterwards, whatever the status (empty when it was NULL or
+    /// unmapped): the driver wrote into the user's memory directly.
+    pub buffer: Vec<u8>,
+    /// Whether `MessageNotify` ran.
+    pub delivered: bool,
+}
+
+/// A simulated user buffer: 16-byte aligned storage, the offset of the buffer in it and its
+/// length.
+struct UserBuffer {
+    storage: Vec<u128>,
+    offset: usize,
+    len: usize,
+}
+
+impl UserBuffer {
+    /// A zeroed buffer of `len` bytes at `offset` bytes past a 16-byte boundary.
+    fn new(len: usize, offset: usize) -> Self {
+        Self {
+            storage: vec![0_u128; (len + offset).div_ceil(16).max(1)],
+            offset,
+            len,
+        }
+    }
+
+    fn with_bytes(bytes: &[u8], offset: usize) -> Self {
+        let mut buffer = Self::new(bytes.len(), offset);
+        buffer.bytes_mut().copy_from_slice(bytes);
+        buffer
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let all: &mut [u8] = bytes_of(&mut self.storage);
+        &mut all[self.offset..self.offset + self.len]
+    }
+
+    fn address(&mut self) -> usize {
+        self.bytes_mut().as_mut_ptr().addr()
+    }
+
+    fn pointer(&mut self) -> *mut c_void {
+        self.bytes_mut().as_mut_ptr().cast()
+    }
+}
+
+/// The bytes of `words`.
+fn bytes_of(words: &mut [u128]) -> &mut [u8] {
+    let len = size_of_val(words);
+    // SAFETY: `u128` has no padding and every byte pattern is a valid `u8`; the slice covers the
+    // same memory, borrowed mutably for the same lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
+}
+
+/// An unmapped user address for a buffer of `len` bytes (capped to fltsim's unmapped range).
+fn unmapped(len: u32) -> (*mut c_void, u32) {
+    let cap = u32::try_from(UNMAPPED_LIMIT - UNMAPPED_BASE).unwrap_or(u32::MAX);
+    (
+        std::ptr::without_provenance_mut(UNMAPPED_BASE),
+        len.min(cap),
+    )
+}
+
+/// The pointer and length a buffer is handed to the driver with (NULL and 0 without one).
+fn raw(buffer: Option<&mut UserBuffer>) -> (*mut c_void, u32) {
+    buffer.map_or((std::ptr::null_mut(), 0), |b| {
+        (b.pointer(), u32::try_from(b.len).unwrap_or(u32::MAX))
+    })
+}
+
 impl PortClient<'_> {
     /// Sends `input` and receives at most `output_capacity` bytes (`FilterSendMessage`).
     /// Returns `MessageNotify`'s status and the output bytes it reported.
@@ -404,63 +573,141 @@ impl PortClient<'_> {
 
     /// Like [`PortClient::send`], with NULL buffers where `None` is given (length 0): the way to
     /// send malformed messages (no input, no output buffer, empty input).
+    #[must_use]
     pub fn send_raw(
         &self,
         input: Option<&[u8]>,
         output_capacity: Option<u32>,
     ) -> (NTSTATUS, Vec<u8>) {
+        let input = match input {
+            None | Some([]) => Input::Null,
+            Some(bytes) => Input::Bytes(bytes),
+        };
+        let output = match output_capacity {
+            None | Some(0) => Output::Null,
+            Some(n) => Output::Buffer(n),
+        };
+        let mut reply = self.message(input, output);
+        reply
+            .buffer
+            .truncate(usize::try_from(reply.returned).unwrap_or(0));
+        (reply.status, reply.buffer)
+    }
+
+    /// Sends one message with the buffers described (`FilterSendMessage`): Filter Manager's probes,
+    /// then `MessageNotify` at `PASSIVE_LEVEL`, with the user buffers registered as user memory for
+    /// the duration of the call.
+    ///
+    /// Secures the driver left on the buffers when the callback returned are reported
+    /// (`MmUnsecureVirtualMemory` missing).
+    #[must_use]
+    #[allow(clippy::too_many_lines)] // one call's probes, buffers, callback and bookkeeping
+    pub fn message(&self, input: Input<'_>, output: Output) -> Reply {
         let _exit = crate::session::checked();
+        let refused = |status| Reply {
+            status,
+            returned: 0,
+            buffer: Vec::new(),
+            delivered: false,
+        };
         let found = world::with(|w| {
             let client = w.client_ports.get(&self.handle)?;
             if client.closed_by_driver || client.disconnected {
                 return Some(Err(STATUS_PORT_DISCONNECTED));
             }
-            let port = w.server_ports.get(&client.server)?;
-            Some(Ok((client.cookie, port.message)))
+            let (server, cookie) = (client.server, client.cookie);
+            let message = w.server_ports.get(&server)?.message;
+            let delivered = message.is_some() && !matches!(output, Output::Unmapped(_));
+            if delivered && let Some(client) = w.client_ports.get_mut(&self.handle) {
+                client.in_flight += 1;
+            }
+            Some(Ok((cookie, message)))
         });
         let (cookie, message) = match found {
             Some(Ok(found)) => found,
-            Some(Err(status)) => return (status, Vec::new()),
-            None => return (STATUS_PORT_DISCONNECTED, Vec::new()),
+            Some(Err(status)) => return refused(status),
+            None => return refused(STATUS_PORT_DISCONNECTED),
         };
         let Some(message) = message else {
-            return (STATUS_NOT_SUPPORTED, Vec::new());
+            return refused(STATUS_NOT_SUPPORTED);
         };
-        let input: Vec<u8> = input.map(<[u8]>::to_vec).unwrap_or_default();
-        let capacity = output_capacity.unwrap_or(0);
-        let mut output = vec![0_u8; usize::try_from(capacity).unwrap_or(0)];
+        if matches!(output, Output::Unmapped(_)) {
+            // ProbeForWrite touches the pages: the probe raises and Filter Manager fails the call.
+            return refused(STATUS_ACCESS_VIOLATION);
+        }
+        let mut input_buffer = match input {
+            Input::Null | Input::Unmapped(_) => None,
+            Input::Bytes(bytes) => Some(UserBuffer::with_bytes(bytes, 0)),
+            Input::Misaligned(bytes) => Some(UserBuffer::with_bytes(bytes, 1)),
+        };
+        let (input_pointer, input_length) = match input {
+            Input::Unmapped(len) => unmapped(len),
+            _ => raw(input_buffer.as_mut()),
+        };
+        let (mut output_buffer, access) = match output {
+            Output::Null | Output::Unmapped(_) | Output::UnmappedAfterProbe(_) => {
+                (None, Access::ReadWrite)
+            }
+            Output::Buffer(n) => (Some(UserBuffer::new(n as usize, 0)), Access::ReadWrite),
+            Output::Misaligned(n) => (Some(UserBuffer::new(n as usize, 1)), Access::ReadWrite),
+            Output::ReadOnlyAfterProbe(n) => (Some(UserBuffer::new(n as usize, 0)), Access::Read),
+        };
+        let (output_pointer, capacity) = match output {
+            Output::UnmappedAfterProbe(n) => unmapped(n),
+            _ => raw(output_buffer.as_mut()),
+        };
+        let mut registered = Vec::new();
+        if let Some(buffer) = input_buffer.as_mut() {
+            registered.push(buffer.address());
+            usermem::register(buffer.address(), buffer.len, Access::ReadWrite);
+        }
+        if let Some(buffer) = output_buffer.as_mut() {
+            registered.push(buffer.address());
+            usermem::register(buffer.address(), buffer.len, access);
+        }
         let mut returned: u32 = 0;
         let status = call_at(PASSIVE_LEVEL, "MessageNotifyCallback", || {
-            // SAFETY: the driver's MessageNotify with its connection cookie and buffers that stay
-            // valid for the call (NULL when empty).
+            // SAFETY: the driver's MessageNotify with its connection cookie and user buffers that
+            // stay allocated for the call (or NULL, or unmapped addresses on purpose).
             unsafe {
                 message.call(
                     cookie as *const c_void,
-                    if input.is_empty() {
-                        std::ptr::null()
-                    } else {
-                        input.as_ptr().cast()
-                    },
-                    u32::try_from(input.len()).unwrap_or(u32::MAX),
-                    if output.is_empty() {
-                        std::ptr::null_mut()
-                    } else {
-                        output.as_mut_ptr().cast()
-                    },
+                    input_pointer,
+                    input_length,
+                    output_pointer,
                     capacity,
                     &raw mut returned,
                 )
             }
         });
+        let left_secured: usize = registered.into_iter().map(usermem::unregister).sum();
+        world::with(|w| {
+            if let Some(client) = w.client_ports.get_mut(&self.handle) {
+                client.in_flight -= 1;
+            }
+            if left_secured > 0 {
+                w.findings.push(format!(
+                    "user memory left secured: MessageNotifyCallback returned with {left_secured} \
+                     range(s) of its buffers secured by MmSecureVirtualMemory and not released \
+                     with MmUnsecureVirtualMemory"
+                ));
+            }
+        });
+        world::notify();
         if returned > capacity {
             violation(format!(
                 "fltsim: MessageNotifyCallback reported {returned} output bytes, more than the \
                  {capacity}-byte output buffer"
             ));
-            return (status, output);
         }
-        output.truncate(usize::try_from(returned).unwrap_or(0));
-        (status, output)
+        Reply {
+            status,
+            returned,
+            buffer: output_buffer
+                .map(|mut b| b.bytes_mut().to_vec())
+                .unwrap_or_default(),
+            delivered: true,
+        }
     }
 
     /// Disconnects (closes the user handle): `DisconnectNotify` runs, at `PASSIVE_LEVEL`.
@@ -482,7 +729,7 @@ impl PortClient<'_> {
             let (server, cookie) = (client.server, client.cookie);
             let port = w.server_ports.get_mut(&server)?;
             port.connections -= 1;
-            Some((cookie, port.disconnect))
+            Some((self.handle, cookie, port.disconnect))
         });
         notify_disconnects(call.into_iter().collect());
     }

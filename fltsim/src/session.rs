@@ -62,6 +62,7 @@ impl Sim {
         crate::pushlock::reset();
         crate::kernel::reset();
         crate::registry::reset();
+        crate::usermem::reset();
         crate::service::reset();
         crate::hang::reset();
         crate::pause::reset();
@@ -371,6 +372,12 @@ pub(crate) fn build_report() -> Report {
         if push_locks > 0 {
             lines.push(format!(
                 "push locks never deleted: {push_locks} initialized without FltDeletePushLock"
+            ));
+        }
+        for (handle, references) in crate::objects::outstanding() {
+            lines.push(format!(
+                "rundown references never released: {references} on object {handle:#x} \
+                 (FltObjectReference or FltEnumerateInstances without FltObjectDereference)"
             ));
         }
         for key in crate::registry::open_handles() {

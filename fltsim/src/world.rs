@@ -294,6 +294,9 @@ pub(crate) struct ServerPort {
     pub max_connections: i32,
     pub open: bool,
     pub connections: usize,
+    /// Created with a descriptor from `FltBuildDefaultSecurityDescriptor`: only administrators and
+    /// SYSTEM may connect.
+    pub admins_only: bool,
 }
 
 /// A connection (client port) to a server port.
@@ -306,6 +309,8 @@ pub(crate) struct ClientPort {
     pub closed_by_driver: bool,
     /// The user-mode side disconnected.
     pub disconnected: bool,
+    /// `MessageNotify` calls now running for this connection.
+    pub in_flight: usize,
 }
 
 /// How the simulator runs post-operation callbacks that Windows may run at `DISPATCH_LEVEL`.
@@ -341,6 +346,9 @@ pub(crate) struct World {
     pub server_ports: HashMap<isize, ServerPort>,
     pub client_ports: HashMap<isize, ClientPort>,
     pub security_descriptors: HashMap<usize, Box<[u8]>>,
+    /// Rundown references on filters, instances and volumes (`FltObjectReference`,
+    /// `FltEnumerateInstances`), by handle.
+    pub object_references: HashMap<isize, usize>,
     pub post_irql: PostIrql,
     /// Whether I/O reaching the file system waits for [`crate::Sim::release_io`].
     pub hold_io: bool,

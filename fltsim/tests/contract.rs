@@ -268,6 +268,50 @@ fn registration_and_context_exports_report_their_documented_irql_ceilings() {
 }
 
 #[test]
+fn object_and_user_memory_exports_report_their_documented_irql_ceilings() {
+    let t = Loaded::new();
+    let (sim, filter, instance, volume) = (&t.sim, t.filter, t.instance, t.volume);
+    let null: *mut c_void = ptr::null_mut();
+    above(sim, "FltEnumerateInstances", APC_LEVEL, || {
+        // SAFETY: the export checks its IRQL first and returns; the arguments are not used.
+        unsafe { flt::FltEnumerateInstances(volume.as_raw(), filter, null.cast(), 0, null.cast()) };
+    });
+    above(sim, "FltGetFileSystemType", APC_LEVEL, || {
+        // SAFETY: as above.
+        unsafe { flt::FltGetFileSystemType(volume.as_raw() as *const c_void, null.cast()) };
+    });
+    above(sim, "FltObjectReference", DISPATCH_LEVEL, || {
+        // SAFETY: as above.
+        unsafe { flt::FltObjectReference(instance as *mut c_void) };
+    });
+    above(sim, "FltObjectDereference", DISPATCH_LEVEL, || {
+        // SAFETY: as above.
+        unsafe { flt::FltObjectDereference(instance as *mut c_void) };
+    });
+    above(sim, "MmCopyMemory", APC_LEVEL, || {
+        // SAFETY: as above.
+        unsafe {
+            kernel::MmCopyMemory(
+                null,
+                kernel::MM_COPY_ADDRESS::default(),
+                0,
+                kernel::MM_COPY_MEMORY_VIRTUAL,
+                null.cast(),
+            )
+        };
+    });
+    above(sim, "MmSecureVirtualMemory", APC_LEVEL, || {
+        // SAFETY: as above.
+        unsafe { kernel::MmSecureVirtualMemory(null, 1, kernel::PAGE_READONLY) };
+    });
+    above(sim, "MmUnsecureVirtualMemory", APC_LEVEL, || {
+        // SAFETY: as above.
+        unsafe { kernel::MmUnsecureVirtualMemory(null) };
+    });
+    t.finish();
+}
+
+#[test]
 fn name_volume_operation_and_port_exports_report_their_documented_irql_ceilings() {
     let t = Loaded::new();
     let (sim, filter, instance, volume) = (&t.sim, t.filter, t.instance, t.volume);

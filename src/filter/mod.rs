@@ -31,6 +31,11 @@ static FILTER: AtomicIsize = AtomicIsize::new(0);
 /// Set by whoever unregisters first, so that `FltUnregisterFilter` runs exactly once.
 static UNREGISTERING: AtomicBool = AtomicBool::new(false);
 
+/// The `MaxEntriesPerInstance` setting in force.
+pub(crate) fn max_entries_per_instance() -> usize {
+    config::max_entries_per_instance()
+}
+
 /// The instance context of `instance`, referenced, if it has one.
 pub(crate) fn instance_context(
     instance: windows_sys::Wdk::Storage::FileSystem::Minifilters::PFLT_INSTANCE,
@@ -53,10 +58,18 @@ pub(crate) fn load(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
     }
     UNREGISTERING.store(false, Ordering::Release);
     FILTER.store(filter, Ordering::Release);
+    let status = crate::port::create(filter);
+    if status < 0 {
+        crate::log_error!("FltCreateCommunicationPort failed: {status:#x}");
+        crate::port::close();
+        unregister();
+        return status;
+    }
     // SAFETY: `filter` was just returned by a successful FltRegisterFilter.
     let status = unsafe { FltStartFiltering(filter) };
     if status < 0 {
         crate::log_error!("FltStartFiltering failed: {status:#x}");
+        crate::port::close();
         unregister();
         return status;
     }
@@ -85,6 +98,8 @@ fn unregister() {
 /// `FilterUnloadCallback`: Filter Manager calls it at `PASSIVE_LEVEL` for `fltmc unload` (optional
 /// unload) and at system shutdown or service stop (mandatory unload). iotally never refuses.
 unsafe extern "system" fn filter_unload(_flags: u32) -> NTSTATUS {
+    // The server port first: FltUnregisterFilter does not return while it is open.
+    crate::port::close();
     unregister();
     STATUS_SUCCESS
 }

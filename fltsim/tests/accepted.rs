@@ -7,7 +7,9 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-use common::{CREATE, Config, Event, READ, configure, driver_entry, events};
+use common::{
+    CREATE, Config, Event, READ, configure, driver_entry, events, major_of, set_status, status_of,
+};
 use fltsim::irql::{APC_LEVEL, DISPATCH_LEVEL};
 use fltsim::{FileSystem, OpenOptions, PostIrql, Sim, Volume, VolumeSpec};
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
@@ -37,11 +39,6 @@ fn start(sim: &Sim, config: Config) -> Volume {
 fn finish(sim: &Sim) {
     assert_eq!(sim.unload(false), STATUS_SUCCESS);
     sim.verifier_report().assert_clean();
-}
-
-fn major_of(data: *mut FLT_CALLBACK_DATA) -> u8 {
-    // SAFETY: callback data from Filter Manager.
-    unsafe { (*(*data).Iopb).MajorFunction }
 }
 
 #[test]
@@ -194,11 +191,9 @@ fn a_pended_pre_op_may_be_completed_at_dispatch_with_flt_preop_complete() {
                 std::thread::spawn(move || {
                     let data = address as *mut FLT_CALLBACK_DATA;
                     let _dispatch = fltsim::irql::raise(DISPATCH_LEVEL);
+                    set_status(data, STATUS_MEDIA_WRITE_PROTECTED);
                     // SAFETY: the pended operation's callback data, live until completed.
-                    unsafe {
-                        (*data).IoStatus.Anonymous.Status = STATUS_MEDIA_WRITE_PROTECTED;
-                        FltCompletePendedPreOperation(data, FLT_PREOP_COMPLETE, ptr::null());
-                    }
+                    unsafe { FltCompletePendedPreOperation(data, FLT_PREOP_COMPLETE, ptr::null()) };
                 });
                 FLT_PREOP_PENDING
             })),
@@ -228,10 +223,7 @@ fn synchronize_on_fast_io_is_treated_as_success_with_callback() {
             })),
             post: Some(Arc::new(move |data, _, _, _| {
                 if major_of(data) == READ {
-                    // SAFETY: callback data from Filter Manager.
-                    log.lock()
-                        .unwrap()
-                        .push(unsafe { (*data).IoStatus.Anonymous.Status });
+                    log.lock().unwrap().push(status_of(data));
                 }
                 FLT_POSTOP_FINISHED_PROCESSING
             })),

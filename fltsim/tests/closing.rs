@@ -24,8 +24,10 @@ fn recording(seen: &Seen) -> Config {
     let log = Arc::clone(seen);
     Config {
         pre: Some(Arc::new(move |data, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            let iopb = unsafe { &*(*data).Iopb };
+            // SAFETY: callback data from Filter Manager, valid during the callback.
+            let iopb = unsafe { (*data).Iopb };
+            // SAFETY: its parameter block, valid as long as the callback data.
+            let iopb = unsafe { &*iopb };
             let thread = std::thread::current().name().unwrap_or("").to_owned();
             // SAFETY: no preconditions.
             let top = unsafe { IoGetTopLevelIrp() } as usize;
@@ -148,13 +150,7 @@ fn uncached_file_objects_close_at_once() {
 fn stream_contexts(statuses: Arc<Mutex<Vec<NTSTATUS>>>) -> Config {
     Config {
         post: Some(Arc::new(move |data, objects, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            let (major, status) = unsafe {
-                (
-                    (*(*data).Iopb).MajorFunction,
-                    (*data).IoStatus.Anonymous.Status,
-                )
-            };
+            let (major, status) = (common::major_of(data), common::status_of(data));
             if major == CREATE && status >= 0 {
                 let context = common::allocate(FLT_STREAM_CONTEXT).unwrap();
                 // SAFETY: valid arguments in post-create at PASSIVE_LEVEL.

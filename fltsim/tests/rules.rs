@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{
     CLEANUP, CLOSE, CONTEXT_SIZE, CREATE, Config, READ, Table, allocate, configure, driver_entry,
+    major_of, set_status,
 };
 use fltsim::pool::{FaultPlan, UNINITIALIZED_FILL, set_fault_injection};
 use fltsim::{
@@ -53,11 +54,6 @@ fn start(sim: &Sim, config: Config) -> Volume {
 fn finish(sim: &Sim) {
     assert_eq!(sim.unload(false), STATUS_SUCCESS);
     sim.verifier_report().assert_clean();
-}
-
-fn major_of(data: *mut FLT_CALLBACK_DATA) -> u8 {
-    // SAFETY: callback data from Filter Manager.
-    unsafe { (*(*data).Iopb).MajorFunction }
 }
 
 fn release(context: PFLT_CONTEXT) {
@@ -682,8 +678,7 @@ fn pre_read_returns(status: i32, context: usize) -> Config {
         pre: Some(Arc::new(move |data, _, completion| {
             if major_of(data) == READ {
                 if status == FLT_PREOP_COMPLETE {
-                    // SAFETY: the pre-op's callback data.
-                    unsafe { (*data).IoStatus.Anonymous.Status = STATUS_SUCCESS };
+                    set_status(data, STATUS_SUCCESS);
                 }
                 *completion = context as *mut c_void;
                 return status;
@@ -748,8 +743,7 @@ fn completing_a_cleanup_with_a_failure_is_a_violation() {
         Config {
             pre: Some(Arc::new(|data, _, _| {
                 if major_of(data) == CLEANUP {
-                    // SAFETY: the pre-op's callback data.
-                    unsafe { (*data).IoStatus.Anonymous.Status = STATUS_ACCESS_DENIED };
+                    set_status(data, STATUS_ACCESS_DENIED);
                     return FLT_PREOP_COMPLETE;
                 }
                 FLT_PREOP_SUCCESS_WITH_CALLBACK

@@ -483,6 +483,30 @@ pub unsafe fn file_object(data: *mut FLT_CALLBACK_DATA) -> *mut FILE_OBJECT {
     unsafe { (*(*data).Iopb).TargetFileObject }
 }
 
+/// The major function of an operation.
+pub fn major_of(data: *const FLT_CALLBACK_DATA) -> u8 {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let iopb = unsafe { (*data).Iopb };
+    // SAFETY: its parameter block, valid as long as the callback data.
+    unsafe { (*iopb).MajorFunction }
+}
+
+/// The `IoStatus.Status` of an operation (its final status in a post-op).
+pub fn status_of(data: *const FLT_CALLBACK_DATA) -> NTSTATUS {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let io = unsafe { (*data).IoStatus };
+    // SAFETY: `Status` is the member Filter Manager and the file system set.
+    unsafe { io.Anonymous.Status }
+}
+
+/// Sets the `IoStatus.Status` of an operation (a pre-op completing it).
+pub fn set_status(data: *mut FLT_CALLBACK_DATA, status: NTSTATUS) {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let io = unsafe { &raw mut (*data).IoStatus };
+    // SAFETY: a valid IO_STATUS_BLOCK (writing a union member reads nothing).
+    unsafe { (*io).Anonymous.Status = status };
+}
+
 /// Number of events matching `predicate`.
 pub fn count(predicate: impl Fn(&Event) -> bool) -> usize {
     events().iter().filter(|e| predicate(e)).count()

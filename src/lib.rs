@@ -33,6 +33,20 @@ pub mod stats;
 pub mod sync;
 pub mod table;
 
+/// Bug check code of a Rust panic in iotally's cross-built image: `0xE0107A11` ("IO TALL(y)").
+///
+/// Codes with the top bits `0xE` are outside Microsoft's own bug check codes, like NTSTATUS values
+/// with the customer bit, so this one cannot be mistaken for a system bug check. The parameters are:
+///
+/// 1. address of the panicking source file's name (UTF-8, not NUL-terminated; 0 if unknown),
+/// 2. its length in bytes,
+/// 3. line,
+/// 4. column.
+///
+/// In the debugger, `!analyze -v` shows the four values; `db <param1> L<param2>` shows the file name.
+/// The panic message is not passed: formatting it could itself fail.
+pub const PANIC_BUGCHECK_CODE: u32 = 0xE010_7A11;
+
 use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
 use windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 

@@ -1,7 +1,7 @@
 //! The runtime a `no_std` kernel image needs when it is built without the WDK crates (the cross
 //! build, `cargo xtask package`): what wdk-panic and wdk-alloc provide in the WDK build.
 //!
-//! - a panic handler that stops the machine with [`PANIC_BUGCHECK_CODE`] and the panic location;
+//! - a panic handler that stops the machine with [`crate::PANIC_BUGCHECK_CODE`] and the panic location;
 //! - the `_fltused` symbol that core and `compiler_builtins` reference on msvc targets;
 //! - a global allocator over non-paged pool with tag [`GLOBAL_ALLOCATOR_TAG`].
 //!
@@ -13,21 +13,8 @@ use core::ptr;
 
 use windows_sys::Wdk::System::SystemServices::{ExAllocatePool2, ExFreePoolWithTag, KeBugCheckEx};
 
+use crate::PANIC_BUGCHECK_CODE;
 use crate::ffi::POOL_FLAG_NON_PAGED;
-
-/// Bug check code of a Rust panic in iotally: `0xE0107A11` ("IO TALL(y)").
-///
-/// Codes with the top bits `0xE` are outside Microsoft's own bug check codes, like NTSTATUS values
-/// with the customer bit, so this one cannot be mistaken for a system bug check. The parameters are:
-///
-/// 1. address of the panicking source file's name (UTF-8, not NUL-terminated; 0 if unknown),
-/// 2. its length in bytes,
-/// 3. line,
-/// 4. column.
-///
-/// In the debugger, `!analyze -v` shows the four values; `db <param1> L<param2>` shows the file name.
-/// The panic message is not passed: formatting it could itself fail.
-pub const PANIC_BUGCHECK_CODE: u32 = 0xE010_7A11;
 
 /// Pool tag of allocations through Rust's global allocator in the cross build (`ItRt`, read in this
 /// order by `PoolMon` and `!poolused`). The driver's own data uses the tags in `pool::tags`.

@@ -33,8 +33,8 @@ static IMAGE_CODE: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 
 /// Records that `[start, end)` holds image code, called with the Windows x64 convention.
 #[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "called by the image loader, being built")
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code, reason = "images are mapped on x86-64 Linux only")
 )]
 pub(crate) fn register_image_code(start: usize, end: usize) {
     lock_ignoring_poison(&IMAGE_CODE).push((start, end));
@@ -42,8 +42,8 @@ pub(crate) fn register_image_code(start: usize, end: usize) {
 
 /// Forgets the image code range starting at `start` (the image was unmapped).
 #[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "called by the image loader, being built")
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code, reason = "images are mapped on x86-64 Linux only")
 )]
 pub(crate) fn unregister_image_code(start: usize) {
     lock_ignoring_poison(&IMAGE_CODE).retain(|&(s, _)| s != start);
@@ -101,7 +101,51 @@ macro_rules! driver_callbacks {
                 }
             }
         }
-    )*};
+    )*
+
+        /// One test per kind of callback: a win64 function standing in for image code receives
+        /// each argument in its place (registers, then stack slots after the shadow space) and its
+        /// result comes back.
+        #[cfg(all(test, target_arch = "x86_64"))]
+        mod win64_calls {
+            $(
+                #[allow(non_snake_case)]
+                mod $name {
+                    use super::super::tests::probe::{Probe, Values, record, recorded};
+                    #[allow(unused_imports)]
+                    use super::super::*;
+
+                    #[allow(clippy::too_many_arguments)]
+                    unsafe extern "win64" fn callee($($arg: $ty),*) $(-> $ret)? {
+                        record(&[$($arg.id()),*]);
+                        $(<$ret as Probe>::nth(Values::RETURNED))?
+                    }
+
+                    #[test]
+                    fn is_called_with_the_win64_convention() {
+                        let address = (callee as *const ()).addr();
+                        register_image_code(address, address + 1);
+                        // SAFETY: both types have the same arguments; the wrapper sees the address
+                        // in image code and calls it as the win64 function it is.
+                        let pointer = unsafe {
+                            std::mem::transmute::<
+                                unsafe extern "win64" fn($($ty),*) $(-> $ret)?,
+                                unsafe extern "system" fn($($ty),*) $(-> $ret)?,
+                            >(callee)
+                        };
+                        let wrapped = super::super::$name::from_driver(Some(pointer)).unwrap();
+                        unregister_image_code(address);
+                        assert!(matches!(wrapped, super::super::$name::Image(_)));
+                        let mut values = Values::default();
+                        // SAFETY: `callee` only records its arguments.
+                        let _result = unsafe { wrapped.call($({ let _ = stringify!($arg); values.next() }),*) };
+                        $(assert_eq!(_result, <$ret as Probe>::nth(Values::RETURNED));)?
+                        assert_eq!(recorded(), values.given());
+                    }
+                }
+            )*
+        }
+    };
 }
 
 /// Calls image code at `address` with the Windows x64 convention.
@@ -193,7 +237,6 @@ impl DriverEntryFn {
     }
 
     /// The entry point at `address` in a mapped image.
-    #[expect(dead_code, reason = "called by the image loader, being built")]
     pub(crate) fn image(address: usize) -> Self {
         Self::Image(address)
     }
@@ -202,6 +245,82 @@ impl DriverEntryFn {
 #[cfg(test)]
 mod tests {
     use super::{FilterUnload, is_image_code, register_image_code, unregister_image_code};
+
+    /// Distinct argument values of every type a callback takes, and a record of what arrived.
+    pub(super) mod probe {
+        use std::cell::RefCell;
+
+        /// A callback argument or result type: the `n`th distinct value, and back.
+        pub(crate) trait Probe {
+            fn nth(n: u64) -> Self;
+            fn id(&self) -> u64;
+        }
+
+        macro_rules! integers {
+            ($($t:ty),*) => {$(
+                impl Probe for $t {
+                    fn nth(n: u64) -> Self {
+                        Self::try_from(n).unwrap()
+                    }
+                    fn id(&self) -> u64 {
+                        u64::try_from(*self).unwrap()
+                    }
+                }
+            )*};
+        }
+        integers!(u16, u32, i32, usize, isize);
+
+        impl<T> Probe for *mut T {
+            fn nth(n: u64) -> Self {
+                std::ptr::without_provenance_mut(usize::try_from(n).unwrap())
+            }
+            fn id(&self) -> u64 {
+                self.addr() as u64
+            }
+        }
+
+        impl<T> Probe for *const T {
+            fn nth(n: u64) -> Self {
+                std::ptr::without_provenance(usize::try_from(n).unwrap())
+            }
+            fn id(&self) -> u64 {
+                self.addr() as u64
+            }
+        }
+
+        /// Hands out argument values 0x5A01, 0x5A02, ... (they fit every argument type).
+        #[derive(Default)]
+        pub(crate) struct Values(Vec<u64>);
+
+        impl Values {
+            /// The value a callee returns.
+            pub(crate) const RETURNED: u64 = 0x5A99;
+
+            pub(crate) fn next<T: Probe>(&mut self) -> T {
+                let n = 0x5A01 + self.0.len() as u64;
+                self.0.push(n);
+                T::nth(n)
+            }
+
+            pub(crate) fn given(&self) -> Vec<u64> {
+                self.0.clone()
+            }
+        }
+
+        thread_local! {
+            static RECORDED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+        }
+
+        /// What a callee received.
+        pub(crate) fn record(arguments: &[u64]) {
+            RECORDED.with(|r| *r.borrow_mut() = arguments.to_vec());
+        }
+
+        /// What the last callee on this thread received.
+        pub(crate) fn recorded() -> Vec<u64> {
+            RECORDED.with(|r| r.borrow().clone())
+        }
+    }
 
     unsafe extern "system" fn unload(flags: u32) -> i32 {
         i32::try_from(flags).unwrap_or(-1)

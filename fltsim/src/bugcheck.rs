@@ -22,6 +22,20 @@ const CHILD: &str = "FLTSIM_BUGCHECK_CHILD";
 /// In the parent, if the child ran `body` to completion, or died with a message lacking `expected`,
 /// or if the test's name cannot be found (a test harness that runs tests on the main thread).
 pub fn expect_bugcheck(expected: &str, body: impl FnOnce()) {
+    let stderr = bugcheck_output(body);
+    assert!(
+        stderr.contains(expected),
+        "expected a bugcheck with {expected:?}, but the child process said:\n{stderr}"
+    );
+}
+
+/// Runs `body` in a child process, as [`expect_bugcheck`] does, asserts that it stopped the
+/// process, and returns what the child wrote to stderr (its last words), for tests that check more
+/// than one substring.
+///
+/// # Panics
+/// In the parent, if the child ran `body` to completion, or if the test's name cannot be found.
+pub fn bugcheck_output(body: impl FnOnce()) -> String {
     if std::env::var_os(CHILD).is_some() {
         body();
         eprintln!("fltsim: expect_bugcheck: the body returned without a bugcheck");
@@ -38,13 +52,10 @@ pub fn expect_bugcheck(expected: &str, body: impl FnOnce()) {
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("the test binary can be re-run");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
-        "expected a bugcheck with {expected:?}, but the code ran to completion:\n{stderr}"
+        "expected a bugcheck, but the code ran to completion:\n{stderr}"
     );
-    assert!(
-        stderr.contains(expected),
-        "expected a bugcheck with {expected:?}, but the child process said:\n{stderr}"
-    );
+    stderr
 }

@@ -324,7 +324,7 @@ pub unsafe extern "system" fn FltReleaseContext(context: PFLT_CONTEXT) {
         ));
         return;
     };
-    if paged && crate::irql::current() > APC_LEVEL {
+    if paged && crate::irql::current() > APC_LEVEL && crate::verifier::irql_checks() {
         violation(format!(
             "fltsim: IRQL_NOT_LESS_OR_EQUAL: FltReleaseContext of a paged context at IRQL {}: \
              paged contexts may only be released at IRQL <= APC_LEVEL",

@@ -12,6 +12,7 @@ use windows_sys::Win32::Foundation::{
 
 use crate::abi::{DriverEntry, DriverEntryFn};
 use crate::filter::DriverImage;
+use crate::image::{ImageError, ImageOptions, LoadedImage};
 use crate::verifier::{self, Report, tag_text};
 use crate::volume::{FastIo, Volume, VolumeSpec};
 use crate::world::{self, FilterState, InstanceState, PostIrql, lock_ignoring_poison};
@@ -29,6 +30,7 @@ static SESSION: Mutex<()> = Mutex::new(());
 pub struct Sim {
     _session: MutexGuard<'static, ()>,
     driver: Mutex<Option<DriverImage>>,
+    image: Mutex<Option<LoadedImage>>,
     last_unload_report: Mutex<Option<Report>>,
 }
 
@@ -73,6 +75,7 @@ impl Sim {
         Self {
             _session: guard,
             driver: Mutex::new(None),
+            image: Mutex::new(None),
             last_unload_report: Mutex::new(None),
         }
     }
@@ -105,6 +108,43 @@ impl Sim {
         status
     }
 
+    /// Loads a driver from its image file (a cross-built `.sys`), as Windows would: maps, relocates
+    /// and protects the image, binds its imports to fltsim's routines, then calls its `DriverEntry`
+    /// (through the Windows x64 calling convention) like [`Sim::load`] does. Returns the status of
+    /// `DriverEntry`. x86-64 Linux only (see [`crate::image`]).
+    ///
+    /// The image stays mapped until the `Sim` ends. When the driver unloads (or `DriverEntry`
+    /// fails), its pages become inaccessible, so that a call into the unloaded driver stops the
+    /// process, as it would bugcheck Windows.
+    ///
+    /// # Errors
+    /// [`ImageError`] when the image cannot be loaded: an unsupported host, an unreadable or
+    /// malformed file, or an import fltsim does not provide (named in the error). `DriverEntry` has
+    /// not run then.
+    ///
+    /// # Panics
+    /// If a driver is already loaded, or the driver broke a rule.
+    pub fn load_image(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        options: ImageOptions,
+    ) -> Result<NTSTATUS, ImageError> {
+        let _exit = checked();
+        assert!(
+            !world::with(|w| w.driver_loaded),
+            "fltsim: Sim::load_image: a driver is already loaded (one driver per Sim)"
+        );
+        let image = LoadedImage::load(name, path, options)?;
+        let (status, object) = crate::filter::load(name, DriverEntryFn::image(image.entry()));
+        if status < 0 {
+            image.retire();
+        }
+        *lock_ignoring_poison(&self.driver) = Some(object);
+        *lock_ignoring_poison(&self.image) = Some(image);
+        Ok(status)
+    }
+
     /// Unloads the driver as `fltmc unload` (`mandatory == false`) or a service stop / system
     /// shutdown (`mandatory == true`) would: calls `FilterUnload` with `FLTFL_FILTER_UNLOAD_MANDATORY`
     /// or 0 and returns its status.
@@ -120,6 +160,11 @@ impl Sim {
     pub fn unload(&self, mandatory: bool) -> NTSTATUS {
         let _exit = checked();
         let status = crate::filter::unload(mandatory);
+        if !self.driver_loaded()
+            && let Some(image) = lock_ignoring_poison(&self.image).as_ref()
+        {
+            image.retire();
+        }
         if status >= 0 && !verifier::pending() {
             let report = build_report();
             if !report.is_clean() {
@@ -254,6 +299,19 @@ impl Sim {
         world::with(|w| w.post_irql = irql);
     }
 
+    /// Turns the IRQL checks of the simulated routines off (`false`) or back on (`true`, the
+    /// default; every new `Sim` starts with them on).
+    ///
+    /// With checks on, a Filter Manager or kernel routine called above its documented ceiling is a
+    /// rule violation, as Driver Verifier and Filter Verifier report it. With them off, fltsim is a
+    /// machine without Verifier: the call goes through, as it does on Windows as long as the paged
+    /// memory it touches happens to be resident, so a driver's mistake stays hidden. That is the
+    /// setting in which a driver's own IRQL assertions (in its debug build) are the only thing that
+    /// catches the mistake: use it to test them. Pool's own `BAD_POOL_CALLER` checks stay on.
+    pub fn set_irql_checks(&self, enabled: bool) {
+        verifier::set_irql_checks(enabled);
+    }
+
     /// Chooses when `volume`'s file system refuses fast I/O beyond the cases it always refuses
     /// (a file object not cached yet, a conflicting byte-range lock); see [`FastIo`]. A refused
     /// fast read or write is reissued as an IRP, as the I/O manager does.
@@ -294,6 +352,9 @@ impl Default for Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        // Unmapped before the session ends, so that the next session starts with no image of this
+        // one registered.
+        drop(lock_ignoring_poison(&self.image).take());
         if world::with(|w| w.driver_loaded) {
             eprintln!(
                 "fltsim: the Sim ends with the driver still loaded\n{}",

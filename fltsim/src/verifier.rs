@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::world::lock_ignoring_poison;
 
@@ -31,9 +32,24 @@ pub(crate) fn violation(message: String) {
     }
 }
 
-/// Forgets any recorded violation: called when a new [`crate::Sim`] starts.
+/// Whether simulated routines check their callers' IRQL ([`crate::Sim::set_irql_checks`]).
+static IRQL_CHECKS: AtomicBool = AtomicBool::new(true);
+
+/// Forgets any recorded violation and turns IRQL checks back on: called when a new
+/// [`crate::Sim`] starts.
 pub(crate) fn reset() {
     *lock_ignoring_poison(&VIOLATION) = None;
+    IRQL_CHECKS.store(true, Ordering::Relaxed);
+}
+
+/// Turns the IRQL ceiling checks of the simulated routines on or off.
+pub(crate) fn set_irql_checks(enabled: bool) {
+    IRQL_CHECKS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether a routine's IRQL ceiling is checked now.
+pub(crate) fn irql_checks() -> bool {
+    IRQL_CHECKS.load(Ordering::Relaxed)
 }
 
 /// Panics with the first recorded violation, if any.
@@ -65,7 +81,7 @@ pub(crate) fn invalid_handle(routine: &str, kind: &str, handle: isize) {
 /// `false` when the calling thread's IRQL is above it.
 pub(crate) fn irql_at_most(routine: &str, ceiling: u8) -> bool {
     let now = crate::irql::current();
-    if now > ceiling {
+    if now > ceiling && irql_checks() {
         violation(format!(
             "fltsim: IRQL_NOT_LESS_OR_EQUAL: {routine} called at IRQL {now}, its ceiling is {ceiling}"
         ));

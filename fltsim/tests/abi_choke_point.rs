@@ -8,6 +8,11 @@
 //!   checks (`const _: [...] = [...];`);
 //! - a callback-typed parameter of an export used for anything but `abi::…::from_driver(parameter)`;
 //! - `transmute` outside `abi.rs`.
+//!
+//! One more form is allowed: a callback-typed parameter declared (`name: PFLT_…,` on its own line)
+//! in the list of the image loader's `shims! { … }` invocation. A shim is a win64 wrapper of one of
+//! fltsim's exports that passes its arguments on unchanged, so such a parameter reaches the export,
+//! which wraps it with `from_driver` like any other.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +56,7 @@ fn violations(name: &str, text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut in_check = false;
     let mut in_export_signature = false;
+    let mut in_shim_list = false;
     let mut callback_parameters: Vec<String> = Vec::new();
     for (number, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -70,6 +76,11 @@ fn violations(name: &str, text: &str) -> Vec<String> {
         if line.starts_with("pub unsafe extern \"system\" fn ") {
             in_export_signature = true;
         }
+        if raw.starts_with("shims! {") {
+            in_shim_list = true;
+        } else if raw == "}" {
+            in_shim_list = false;
+        }
         if line.contains("transmute") {
             found.push(format!("{at}: transmute outside abi.rs: {line}"));
         }
@@ -80,7 +91,7 @@ fn violations(name: &str, text: &str) -> Vec<String> {
         }
         let in_use =
             line.starts_with("use ") || line.starts_with("pub use ") || in_use_list(text, number);
-        if words(line).any(is_callback_type) && !in_use {
+        if words(line).any(is_callback_type) && !in_use && !(in_shim_list && is_declaration(line)) {
             match line.split_once(':') {
                 Some((parameter, _)) if in_export_signature => {
                     callback_parameters.push(parameter.trim().to_owned());
@@ -108,6 +119,15 @@ fn violations(name: &str, text: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Whether `line` only declares one parameter: `name: Type,`.
+fn is_declaration(line: &str) -> bool {
+    line.strip_suffix(',')
+        .and_then(|line| line.split_once(": "))
+        .is_some_and(|(name, ty)| {
+            words(name).count() == 1 && words(ty).count() == 1 && !ty.contains(['(', '='])
+        })
 }
 
 /// Whether line `number` of `text` is inside a multi-line `use … { … };` list.
@@ -190,5 +210,23 @@ fn the_scan_catches_each_way_around_the_choke_point() {
     assert_eq!(
         violations("f.rs", "let x = std::mem::transmute::<usize, u64>(1);\n").len(),
         1
+    );
+    let shim = "shims! {\n    FLTMGR FltThing(\n        callback: PFLT_POST_OPERATION_CALLBACK,\n    ) = a, b;\n}\n";
+    assert_eq!(
+        violations("g.rs", shim),
+        Vec::<String>::new(),
+        "a shim's parameter"
+    );
+    let outside = "fn thing() {\n    callback: PFLT_POST_OPERATION_CALLBACK,\n}\n";
+    assert_eq!(
+        violations("h.rs", outside).len(),
+        1,
+        "the same line outside a shim list"
+    );
+    let used = "shims! {\n    let f = callback.unwrap() as PFLT_POST_OPERATION_CALLBACK;\n}\n";
+    assert_eq!(
+        violations("i.rs", used).len(),
+        1,
+        "a shim list line that does more than declare"
     );
 }

@@ -126,7 +126,12 @@ fn the_contract_table_has_one_row_per_export_each_with_an_irql_and_real_tests() 
         assert!(!row.irql.is_empty(), "{}: no IRQL", row.export);
         assert!(!row.tests.is_empty(), "{}: no test", row.export);
         for (file, name) in &row.tests {
-            let path = fltsim_dir().join("tests").join(format!("{file}.rs"));
+            // `file::test` is in tests/file.rs; `src/module::test` is a unit test in src/module.rs.
+            let path = if file.contains('/') {
+                fltsim_dir().join(format!("{file}.rs"))
+            } else {
+                fltsim_dir().join("tests").join(format!("{file}.rs"))
+            };
             let text = fs::read_to_string(&path)
                 .unwrap_or_else(|_| panic!("{}: no test file {}", row.export, path.display()));
             assert!(

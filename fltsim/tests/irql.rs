@@ -55,3 +55,29 @@ fn raising_to_a_lower_irql_panics() {
     let _dispatch = irql::raise(DISPATCH_LEVEL);
     let _lower = irql::raise(APC_LEVEL);
 }
+
+#[test]
+fn irql_checks_can_be_turned_off_for_one_session() {
+    let sim = Sim::new();
+    sim.set_irql_checks(false);
+    let dispatch = irql::raise(DISPATCH_LEVEL);
+    // Without Verifier the call goes through: no violation, no stop.
+    irql::check_max("KeEnterCriticalRegion", APC_LEVEL);
+    // The ceiling (APC_LEVEL) is not checked: the handle is, and reported.
+    // SAFETY: a null context is refused with a report, not dereferenced.
+    unsafe {
+        windows_sys::Wdk::Storage::FileSystem::Minifilters::FltDeleteContext(std::ptr::null_mut());
+    };
+    drop(dispatch);
+    let report = std::panic::catch_unwind(|| sim.check()).unwrap_err();
+    let report = report.downcast_ref::<String>().unwrap();
+    assert!(
+        report.starts_with("fltsim: invalid handle: FltDeleteContext"),
+        "{report}"
+    );
+    drop(sim);
+    let _sim = Sim::new();
+    let _dispatch = irql::raise(DISPATCH_LEVEL);
+    let stopped = std::panic::catch_unwind(|| irql::check_max("KeEnterCriticalRegion", APC_LEVEL));
+    assert!(stopped.is_err(), "a new Sim checks the IRQL again");
+}

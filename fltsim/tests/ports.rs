@@ -305,3 +305,42 @@ fn an_unfreed_security_descriptor_is_reported() {
             .mentions("security descriptor(s) not freed: 1")
     );
 }
+
+#[test]
+fn user_buffers_are_probed_as_filter_manager_does() {
+    let sim = Sim::new();
+    configure(port_filter(1));
+    assert_eq!(sim.load("testflt", driver_entry), STATUS_SUCCESS);
+    assert_eq!(
+        sim.connect_as(fltsim::Caller::StandardUser, PORT, &[])
+            .err(),
+        Some(STATUS_ACCESS_DENIED),
+        "the default descriptor admits administrators and SYSTEM only"
+    );
+    let client = sim.connect(PORT, &[]).unwrap();
+    let refused = client.message(fltsim::Input::Bytes(b"ab"), fltsim::Output::Unmapped(8));
+    assert_eq!(
+        (refused.status, refused.delivered),
+        (
+            windows_sys::Win32::Foundation::STATUS_ACCESS_VIOLATION,
+            false
+        ),
+        "ProbeForWrite fails before the callback"
+    );
+    let misaligned = client.message(
+        fltsim::Input::Misaligned(b"abc"),
+        fltsim::Output::Misaligned(8),
+    );
+    assert!(misaligned.delivered);
+    assert_eq!(
+        &misaligned.buffer[..3],
+        b"cba",
+        "misaligned buffers reach the callback"
+    );
+    let whole = client.message(fltsim::Input::Bytes(b"xy"), fltsim::Output::Buffer(6));
+    assert_eq!(whole.buffer.len(), 6, "the whole output buffer comes back");
+    assert_eq!(whole.returned, 2);
+    client.close();
+    assert_eq!(sim.unload(false), STATUS_SUCCESS);
+    sim.verifier_report().assert_clean();
+}

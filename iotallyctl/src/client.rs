@@ -512,3 +512,81 @@ fn files(answer: &[u8]) -> Result<(Files, Cursor), Error> {
         reply.next,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use iotally_protocol::reply::Writer;
+    use iotally_protocol::{ErrorDetail, HelloReply};
+    use zerocopy::FromZeros;
+
+    use super::{Client, Error, STATUS_BUFFER_TOO_SMALL, STATUS_NOT_SUPPORTED};
+    use crate::transport::{Code, Transport};
+
+    /// Answers every request with the response header `answer` builds into the reply buffer.
+    struct Fake<F: FnMut(&mut [u8]) -> i32> {
+        answer: F,
+        calls: usize,
+    }
+
+    impl<F: FnMut(&mut [u8]) -> i32> Transport for Fake<F> {
+        fn send(&mut self, _: &[u8], reply: &mut [u8]) -> Result<(), Code> {
+            self.calls += 1;
+            let status = (self.answer)(reply);
+            if status < 0 {
+                Err(Code::NtStatus(status))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn device_of(&self, _: &str) -> Option<String> {
+            None
+        }
+
+        fn drives(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn another_protocol_version_is_a_version_mismatch() {
+        let mut client = Client::new(Fake {
+            answer: |reply: &mut [u8]| {
+                let w = Writer::new(reply).unwrap();
+                let _ = w.finish(1, STATUS_NOT_SUPPORTED, ErrorDetail::UnsupportedVersion);
+                STATUS_NOT_SUPPORTED
+            },
+            calls: 0,
+        });
+        let error = client.hello().unwrap_err();
+        assert!(matches!(error, Error::VersionMismatch { .. }));
+        assert!(error.to_string().contains("version mismatch"), "{error}");
+    }
+
+    #[test]
+    fn a_buffer_too_small_is_asked_again_with_the_size_needed() {
+        let mut client = Client::new(Fake {
+            answer: |reply: &mut [u8]| {
+                let mut w = Writer::new(reply).unwrap();
+                if reply_len_is_small(w.remaining()) {
+                    // Claim a larger answer than this buffer holds.
+                    for _ in 0..(70 * 1024 / 8) {
+                        w.put(&0_u64);
+                    }
+                    let _ = w.finish(1, STATUS_BUFFER_TOO_SMALL, ErrorDetail::OutputTooSmall);
+                    return STATUS_BUFFER_TOO_SMALL;
+                }
+                w.put(&HelloReply::new_zeroed());
+                let _ = w.finish(1, 0, ErrorDetail::None);
+                0
+            },
+            calls: 0,
+        });
+        assert!(client.hello().is_ok());
+        assert_eq!(client.transport().calls, 2);
+    }
+
+    fn reply_len_is_small(remaining: usize) -> bool {
+        remaining < 70 * 1024
+    }
+}

@@ -372,6 +372,10 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey) {
             ptr::null_mut(),
         );
     }
+    // A deliberate bug (feature `broken-leak-context`, never shipped): our reference is never
+    // released, so the context outlives its stream and the driver.
+    #[cfg(feature = "broken-leak-context")]
+    core::mem::forget(owned);
 }
 
 /// `PreOperation` for `IRP_MJ_READ`.
@@ -550,6 +554,10 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
     };
+    // A deliberate bug (feature `broken-hold-push-lock`, never shipped): one more shared hold, never
+    // released, so the callback returns with the lock held (and normal kernel APCs disabled).
+    #[cfg(feature = "broken-hold-push-lock")]
+    core::mem::forget(owner.tallies().read());
     let tallies = owner.tallies().read();
     let bytes = u64::from(length);
     if let Some(key) = key

@@ -3,7 +3,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::toolchain::{CARGO, LLD_LINK, RUSTC};
+use crate::image::Image;
+use crate::toolchain::{CARGO, LLD_LINK, MINGW_GCC, RUSTC};
 
 /// The Rust target of the kernel image.
 pub const TARGET: &str = "x86_64-pc-windows-msvc";
@@ -60,13 +61,15 @@ pub enum Task {
     Clippy,
 }
 
-/// Debian's cargo running `task` on the driver's library for [`TARGET`] in release mode with
-/// `-Zbuild-std`, without the `wdk` feature, linked by `lld-link-22`, into `target_dir`.
+/// Debian's cargo running `task` on the driver's library for [`TARGET`] with `-Zbuild-std`, without
+/// the `wdk` feature, in the profile and with the features of `image`, linked by `lld-link-22`, into
+/// `target_dir`.
 ///
 /// `env` is the current environment (names only matter) and `path` the current `PATH`.
 #[must_use]
 pub fn invocation(
     task: Task,
+    image: Image,
     workspace: &Path,
     target_dir: &Path,
     env: impl IntoIterator<Item = String>,
@@ -88,7 +91,8 @@ pub fn invocation(
         "--package".into(),
         PACKAGE.into(),
         "--lib".into(),
-        "--release".into(),
+        "--profile".into(),
+        image.profile().into(),
         "--locked".into(),
         "--no-default-features".into(),
         "--target".into(),
@@ -101,6 +105,9 @@ pub fn invocation(
         target_dir.as_os_str().to_owned(),
     ]
     .into();
+    if !image.features().is_empty() {
+        args.extend(["--features".into(), image.features().join(",").into()]);
+    }
     if task == Task::Clippy {
         args.extend(["--".into(), "-D".into(), "warnings".into()]);
     }
@@ -117,13 +124,58 @@ pub fn invocation(
     }
 }
 
-/// Where cargo leaves the linked driver (cargo names a cdylib `.dll`).
+/// The Rust target of `iotallyctl.exe`.
+pub const TOOL_TARGET: &str = "x86_64-pc-windows-gnu";
+/// The tool's package (and binary).
+pub const TOOL: &str = "iotallyctl";
+
+/// Debian's cargo building `iotallyctl.exe` for [`TOOL_TARGET`] in release mode, with the standard
+/// library rebuilt from Debian's sources (`-Zbuild-std=std,panic_abort`: rustup cannot add the
+/// target here) and linked by mingw-w64's GCC, into `target_dir`.
 #[must_use]
-pub fn built_dll(target_dir: &Path) -> PathBuf {
+pub fn tool_invocation(
+    workspace: &Path,
+    target_dir: &Path,
+    env: impl IntoIterator<Item = String>,
+    path: Option<OsString>,
+) -> Invocation {
+    let mut inv = invocation(
+        Task::Build,
+        Image::Release,
+        workspace,
+        target_dir,
+        env,
+        path,
+    );
+    inv.args = [
+        "build".into(),
+        "--manifest-path".into(),
+        workspace.join("Cargo.toml").into_os_string(),
+        "--package".into(),
+        TOOL.into(),
+        "--bin".into(),
+        TOOL.into(),
+        "--release".into(),
+        "--locked".into(),
+        "--target".into(),
+        TOOL_TARGET.into(),
+        "-Zbuild-std=std,panic_abort".into(),
+        "--config".into(),
+        format!("target.{TOOL_TARGET}.linker=\"{MINGW_GCC}\"").into(),
+        "--target-dir".into(),
+        target_dir.as_os_str().to_owned(),
+    ]
+    .into();
+    inv
+}
+
+/// Where cargo leaves `iotallyctl.exe`.
+#[must_use]
+pub fn built_tool(target_dir: &Path) -> PathBuf {
     target_dir
-        .join(TARGET)
+        .join(TOOL_TARGET)
         .join("release")
-        .join(format!("{PACKAGE}.dll"))
+        .join(format!("{TOOL}.exe"))
 }
 
 /// The `version` of the `[package]` table of a `Cargo.toml`.
@@ -149,7 +201,8 @@ mod tests {
     use std::ffi::OsString;
     use std::path::Path;
 
-    use super::{Task, built_dll, invocation, must_remove, package_version};
+    use super::{Task, invocation, must_remove, package_version};
+    use crate::image::Image;
 
     #[test]
     fn rustup_and_redirecting_cargo_variables_are_removed() {
@@ -188,6 +241,7 @@ mod tests {
         ];
         let inv = invocation(
             Task::Build,
+            Image::Release,
             Path::new("/w"),
             Path::new("/w/target/cross"),
             env,
@@ -201,7 +255,7 @@ mod tests {
             .collect();
         let line = args.join(" ");
         for needle in [
-            "build --manifest-path /w/Cargo.toml --package iotally --lib --release",
+            "build --manifest-path /w/Cargo.toml --package iotally --lib --profile release",
             "--no-default-features --target x86_64-pc-windows-msvc",
             "-Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem",
             "--config target.x86_64-pc-windows-msvc.linker=\"/usr/bin/lld-link-22\"",
@@ -216,21 +270,92 @@ mod tests {
         assert!(inv.set.contains(&("RUSTC".into(), "/usr/bin/rustc".into())));
         assert!(inv.set.contains(&("RUSTC_BOOTSTRAP".into(), "1".into())));
         assert_eq!(inv.remove, ["RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR"]);
-        assert_eq!(
-            built_dll(Path::new("/t")),
-            Path::new("/t/x86_64-pc-windows-msvc/release/iotally.dll")
-        );
+        assert!(!line.contains("--features"));
     }
 
     #[test]
     fn clippy_denies_warnings_with_the_same_recipe() {
-        let build = invocation(Task::Build, Path::new("/w"), Path::new("/t"), [], None);
-        let clippy = invocation(Task::Clippy, Path::new("/w"), Path::new("/t"), [], None);
+        let build = invocation(
+            Task::Build,
+            Image::Release,
+            Path::new("/w"),
+            Path::new("/t"),
+            [],
+            None,
+        );
+        let clippy = invocation(
+            Task::Clippy,
+            Image::Release,
+            Path::new("/w"),
+            Path::new("/t"),
+            [],
+            None,
+        );
         assert_eq!(build.args[0], "build");
         assert_eq!(clippy.args[0], "clippy");
         assert_eq!(clippy.args[1..build.args.len()], build.args[1..]);
         assert_eq!(clippy.args[build.args.len()..], ["--", "-D", "warnings"]);
         assert_eq!(clippy.set, build.set);
+    }
+
+    #[test]
+    fn the_other_images_differ_in_profile_and_features_only() {
+        let line = |image| {
+            let inv = invocation(
+                Task::Build,
+                image,
+                Path::new("/w"),
+                Path::new("/t"),
+                [],
+                None,
+            );
+            inv.args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let release = line(Image::Release);
+        assert_eq!(
+            line(Image::DebugAssertions),
+            release.replace("--profile release", "--profile release-debug-assertions")
+        );
+        assert_eq!(
+            line(Image::Broken),
+            format!("{release} --features broken-leak-context,broken-hold-push-lock")
+        );
+    }
+
+    #[test]
+    fn the_tool_is_built_for_windows_gnu_with_the_same_environment() {
+        let driver = invocation(
+            Task::Build,
+            Image::Release,
+            Path::new("/w"),
+            Path::new("/t"),
+            [],
+            None,
+        );
+        let tool = super::tool_invocation(Path::new("/w"), Path::new("/t2"), [], None);
+        let line: Vec<String> = tool
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        for needle in [
+            "build --manifest-path /w/Cargo.toml --package iotallyctl --bin iotallyctl --release",
+            "--target x86_64-pc-windows-gnu -Zbuild-std=std,panic_abort",
+            "linker=\"/usr/bin/x86_64-w64-mingw32-gcc\"",
+            "--target-dir /t2",
+        ] {
+            assert!(line.contains(needle), "{needle} not in {line}");
+        }
+        assert_eq!(tool.set, driver.set);
+        assert_eq!(
+            super::built_tool(Path::new("/t2")),
+            Path::new("/t2/x86_64-pc-windows-gnu/release/iotallyctl.exe")
+        );
     }
 
     #[test]

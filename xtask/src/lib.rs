@@ -3,11 +3,13 @@
 //!
 //! - [`cross`]: the Debian-cargo command line that cross-builds the driver for
 //!   `x86_64-pc-windows-msvc`.
+//! - [`image`]: the driver images it builds (release, debug-assertions, deliberately broken).
 //! - [`toolchain`]: which Debian packages that needs and how to install them.
 //! - [`stamp`]: `stampinf`'s `DriverVer` stamping of the `.inx`.
 //! - [`pe_check`]: verification of the resulting kernel image.
 
 pub mod cross;
+pub mod image;
 pub mod pe_check;
 pub mod stamp;
 pub mod toolchain;

@@ -2,7 +2,12 @@
 //!
 //! - `cargo xtask package`: installs Debian's toolchain if missing, cross-builds `iotally.sys` for
 //!   64-bit Windows, writes `target/package/iotally.sys` and `iotally.inf`, verifies the image and
-//!   prints a report. Exits non-zero if anything fails.
+//!   prints a report; then cross-builds `target/package/iotallyctl.exe` and checks it. Exits
+//!   non-zero if anything fails.
+//! - `cargo xtask package --debug-assertions`: the same for the image with debug assertions and
+//!   overflow checks, in `target/package-debug-assertions/` (for Driver Verifier runs).
+//! - `cargo xtask broken-image`: the release image with deliberate bugs, in `target/broken-image/`,
+//!   for the test that shows the end-to-end suite catching them.
 //! - `cargo xtask clippy`: clippy (`-D warnings`) over the cross build, which lints the Windows-only
 //!   code that host clippy never compiles.
 //! - `cargo xtask verify <image.sys>`: verifies and reports on any x64 kernel driver image.
@@ -15,6 +20,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use xtask::cross::{self, Invocation, Task};
+use xtask::image::Image;
 use xtask::pe_check::{self, Policy};
 use xtask::stamp::{self, Date};
 use xtask::toolchain;
@@ -22,8 +28,8 @@ use xtask::toolchain;
 /// An error message for the user; the task fails with it.
 type Result<T> = std::result::Result<T, String>;
 
-const USAGE: &str =
-    "usage: cargo xtask package | cargo xtask clippy | cargo xtask verify <image.sys>";
+const USAGE: &str = "usage: cargo xtask package [--debug-assertions] | cargo xtask broken-image | \
+                     cargo xtask clippy | cargo xtask verify <image.sys>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -33,7 +39,9 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["package"] => package(),
+        ["package"] => package(Image::Release),
+        ["package", "--debug-assertions"] => package(Image::DebugAssertions),
+        ["broken-image"] => package(Image::Broken),
         ["clippy"] => clippy(),
         ["verify", path] => verify_file(Path::new(path), &Policy::KERNEL_DRIVER),
         _ => Err(USAGE.to_owned()),
@@ -55,13 +63,15 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn package() -> Result<()> {
+/// Builds `image`, writes its package (`.sys` and `.inf`) and verifies the `.sys`.
+fn package(image: Image) -> Result<()> {
     let root = workspace_root();
     ensure_toolchain()?;
 
-    let cross_dir = root.join("target").join("cross");
+    let cross_dir = image.target_dir(&root);
     let invocation = cross::invocation(
         Task::Build,
+        image,
         &root,
         &cross_dir,
         env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
@@ -74,10 +84,10 @@ fn package() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let package_dir = root.join("target").join("package");
+    let package_dir = image.package_dir(&root);
     fs::create_dir_all(&package_dir).map_err(|e| format!("{}: {e}", package_dir.display()))?;
-    let sys = package_dir.join(format!("{}.sys", cross::PACKAGE));
-    let dll = cross::built_dll(&cross_dir);
+    let sys = image.sys(&root);
+    let dll = image.built_dll(&cross_dir);
     fs::copy(&dll, &sys)
         .map_err(|e| format!("copy {} to {}: {e}", dll.display(), sys.display()))?;
 
@@ -85,7 +95,50 @@ fn package() -> Result<()> {
     write_inf(&root, &inf)?;
     println!("xtask: wrote {} and {}", sys.display(), inf.display());
 
-    verify_file(&sys, &Policy::IOTALLY)
+    verify_file(&sys, &Policy::IOTALLY)?;
+    if image == Image::Release {
+        package_tool(&root, &package_dir)?;
+    }
+    Ok(())
+}
+
+/// Cross-builds `iotallyctl.exe` into `package_dir` and checks that it is a 64-bit Windows console
+/// program talking to Filter Manager through `fltlib.dll`.
+fn package_tool(root: &Path, package_dir: &Path) -> Result<()> {
+    let tool_dir = root.join("target").join("cross-tool");
+    let started = Instant::now();
+    run(&cross::tool_invocation(
+        root,
+        &tool_dir,
+        env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+        env::var_os("PATH"),
+    ))?;
+    println!(
+        "xtask: cross build of {}.exe took {:.1} s",
+        cross::TOOL,
+        started.elapsed().as_secs_f64()
+    );
+    let built = cross::built_tool(&tool_dir);
+    let exe = package_dir.join(format!("{}.exe", cross::TOOL));
+    fs::copy(&built, &exe)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), exe.display()))?;
+    let image = fs::read(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let imports = pe_check::tool_imports(&image).map_err(|e| format!("{}: {e}", exe.display()))?;
+    if !imports
+        .iter()
+        .any(|(dll, name)| dll.eq_ignore_ascii_case("fltlib.dll") && name == "FilterSendMessage")
+    {
+        return Err(format!(
+            "{} does not import FilterSendMessage from fltlib.dll",
+            exe.display()
+        ));
+    }
+    println!(
+        "xtask: wrote {} ({} bytes, a console program importing FilterSendMessage from fltlib.dll)",
+        exe.display(),
+        image.len()
+    );
+    Ok(())
 }
 
 /// Clippy over the cross build, so that Windows-only code (`cfg(windows)`, the runtime) is linted
@@ -95,6 +148,7 @@ fn clippy() -> Result<()> {
     ensure_toolchain()?;
     run(&cross::invocation(
         Task::Clippy,
+        Image::Release,
         &root,
         &root.join("target").join("cross-clippy"),
         env::vars_os().filter_map(|(name, _)| name.into_string().ok()),

@@ -363,6 +363,28 @@ fn inspect(image: &[u8], policy: &Policy<'_>) -> Result<Report, String> {
     })
 }
 
+/// The `(module, function)` imports of a 64-bit console program (`iotallyctl.exe`).
+///
+/// # Errors
+/// If `image` is not a PE32+ image of the Windows console subsystem for AMD64.
+pub fn tool_imports(image: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let file = PeFile64::parse(image).map_err(|e| e.to_string())?;
+    let headers = file.nt_headers();
+    if headers.file_header.machine.get(LE) != pe::IMAGE_FILE_MACHINE_AMD64 {
+        return Err("not an AMD64 image".into());
+    }
+    if headers.optional_header().subsystem() != pe::IMAGE_SUBSYSTEM_WINDOWS_CUI {
+        return Err("not a console program".into());
+    }
+    Ok(imports(&file)?
+        .into_iter()
+        .flat_map(|m| {
+            let module = m.module;
+            m.functions.into_iter().map(move |f| (module.clone(), f))
+        })
+        .collect())
+}
+
 /// Reads the import table, grouped by module.
 fn imports(file: &PeFile64<'_>) -> Result<Vec<ModuleImports>, String> {
     let mut modules = Vec::new();

@@ -23,10 +23,13 @@ pub const CARGO: &str = "/usr/bin/cargo";
 pub const RUSTC: &str = "/usr/bin/rustc";
 /// LLVM's MSVC-compatible linker.
 pub const LLD_LINK: &str = "/usr/bin/lld-link-22";
+/// mingw-w64's GCC, the linker of `iotallyctl.exe` (`x86_64-pc-windows-gnu`: its C runtime and
+/// import libraries come with it, where the MSVC target would need the Windows SDK's).
+pub const MINGW_GCC: &str = "/usr/bin/x86_64-w64-mingw32-gcc";
 
 /// Everything `cargo xtask package` and `cargo xtask clippy` need, in the order `apt-get` is given
 /// them.
-pub const REQUIREMENTS: [Requirement; 6] = [
+pub const REQUIREMENTS: [Requirement; 7] = [
     Requirement {
         package: "rustc-web",
         path: RUSTC,
@@ -55,6 +58,11 @@ pub const REQUIREMENTS: [Requirement; 6] = [
     Requirement {
         package: "rust-web-clippy",
         path: "/usr/bin/cargo-clippy",
+        versioned: false,
+    },
+    Requirement {
+        package: "gcc-mingw-w64-x86-64",
+        path: MINGW_GCC,
         versioned: false,
     },
 ];
@@ -144,7 +152,7 @@ mod tests {
         assert_eq!(all.len(), REQUIREMENTS.len());
         assert_eq!(
             apt_command(&all),
-            "apt-get update && apt-get install -y rustc-web cargo-web rust-web-src lld-22 llvm-22 rust-web-clippy"
+            "apt-get update && apt-get install -y rustc-web cargo-web rust-web-src lld-22 llvm-22 rust-web-clippy gcc-mingw-w64-x86-64"
         );
     }
 

@@ -12,7 +12,8 @@ use windows_sys::Wdk::Storage::FileSystem::{
     FILE_SUPERSEDE,
 };
 use windows_sys::Wdk::System::SystemServices::{
-    FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
+    FO_CLEANUP_COMPLETE, FO_STREAM_FILE, FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP,
+    IRP_MJ_CLOSE, IRP_MJ_CREATE,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_DELETE_PENDING, STATUS_FILE_IS_A_DIRECTORY, STATUS_INVALID_DEVICE_REQUEST,
@@ -120,9 +121,36 @@ pub struct IoResult {
 }
 
 /// A file object and its name buffer, at stable addresses for the driver.
-struct FileObjectBox {
+pub(crate) struct FileObjectBox {
     object: FILE_OBJECT,
     name: Box<[u16]>,
+}
+
+// SAFETY: plain memory the simulator owns; the driver sees it only during operations on it.
+unsafe impl Send for FileObjectBox {}
+
+impl FileObjectBox {
+    /// A `FILE_OBJECT` named `path` (relative to the volume), with `flags`.
+    pub(crate) fn new(path: &str, flags: u32) -> Box<Self> {
+        let name: Box<[u16]> = path.encode_utf16().collect();
+        let mut object = Box::new(Self {
+            // SAFETY: FILE_OBJECT is plain data for which all-zero bytes are valid.
+            object: unsafe { std::mem::zeroed() },
+            name,
+        });
+        object.object.Type = IO_TYPE_FILE;
+        object.object.Size = i16::try_from(size_of::<FILE_OBJECT>()).unwrap_or(i16::MAX);
+        object.object.FileName = unicode(&object.name);
+        object.object.Flags = flags;
+        object.object.ReadAccess = true;
+        object.object.WriteAccess = true;
+        object
+    }
+
+    /// The file object the driver sees.
+    pub(crate) fn file_object(&mut self) -> *mut FILE_OBJECT {
+        &raw mut self.object
+    }
 }
 
 /// An open file: the simulated `FILE_OBJECT` a user handle refers to.
@@ -231,23 +259,13 @@ impl Sim {
         } else {
             path.to_owned()
         };
-        let name: Box<[u16]> = path.encode_utf16().collect();
-        let mut object = Box::new(FileObjectBox {
-            // SAFETY: FILE_OBJECT is plain data for which all-zero bytes are valid.
-            object: unsafe { std::mem::zeroed() },
-            name,
-        });
-        object.object.Type = IO_TYPE_FILE;
-        object.object.Size = i16::try_from(size_of::<FILE_OBJECT>()).unwrap_or(i16::MAX);
-        object.object.FileName = unicode(&object.name);
-        object.object.Flags = FO_SYNCHRONOUS_IO
+        let flags = FO_SYNCHRONOUS_IO
             | if options.volume_open {
                 FO_VOLUME_OPEN
             } else {
                 0
             };
-        object.object.ReadAccess = true;
-        object.object.WriteAccess = true;
+        let mut object = FileObjectBox::new(&path, flags);
         let file_object: *mut FILE_OBJECT = &raw mut object.object;
         world::with(|w| {
             w.file_objects.insert(
@@ -509,31 +527,80 @@ impl FileHandle<'_> {
         self.closed = true;
         let _exit = crate::session::checked();
         let file_object: *mut FILE_OBJECT = &raw mut self.object.object;
-        let mut result = STATUS_SUCCESS;
-        for code in [IRP_MJ_CLEANUP, IRP_MJ_CLOSE] {
-            let op = Operation {
-                major: major(code),
-                minor: 0,
-                irp_flags: 0,
-                fast_io: false,
-                file_object,
-                volume: self.volume,
-                parameters: FLT_PARAMETERS::default(),
-            };
-            if let Outcome::Done(status, _) = perform(&op, &mut |_| (STATUS_SUCCESS, 0))
-                && code == IRP_MJ_CLEANUP
-            {
-                result = status;
-            }
-        }
-        world::with(|w| crate::transfer::unlock_all(w, self.volume, file_object as usize));
-        release_stream(self.volume, file_object as usize);
+        let op = Operation {
+            major: major(IRP_MJ_CLEANUP),
+            minor: 0,
+            irp_flags: 0,
+            fast_io: false,
+            file_object,
+            volume: self.volume,
+            parameters: FLT_PARAMETERS::default(),
+        };
+        let mut file_system = |_: &FLT_PARAMETERS| {
+            // The file system marks the file object when it completes the cleanup.
+            // SAFETY: the handle's own file object, live for the operation; the filter sees it
+            // again only in the post-op, after this write.
+            unsafe { (*file_object).Flags |= FO_CLEANUP_COMPLETE };
+            (STATUS_SUCCESS, 0)
+        };
+        let result = match perform(&op, &mut file_system) {
+            Outcome::Done(status, _) => status,
+            Outcome::FastIoDisallowed => STATUS_SUCCESS,
+        };
         world::with(|w| {
-            w.file_objects.remove(&(file_object as usize));
-            w.bypass_io.remove(&(file_object as usize));
+            crate::transfer::unlock_all(w, self.volume, file_object as usize);
+            delete_at_last_cleanup(w, self.volume, file_object as usize);
         });
+        // The close comes when the last reference to the file object goes: now, or later from the
+        // cache manager if it holds one (`crate::cachemgr`), which then owns the file object.
+        let object = std::mem::replace(&mut self.object, FileObjectBox::new("", 0));
+        if let Some(mut object) = crate::cachemgr::defer_close(object, self.volume) {
+            send_close(self.volume, object.file_object());
+        }
         result
     }
+}
+
+/// A delete-pending file goes when the cleanup of its last handle is done ("the file is deleted when
+/// all open handles to the file are closed": "`FILE_DISPOSITION_INFORMATION` structure (ntddk.h)"),
+/// even while the cache manager still holds a file object of it (whose close comes later).
+fn delete_at_last_cleanup(w: &mut world::World, volume: isize, file_object: usize) {
+    let Some(node) = w.file_objects.get(&file_object).and_then(|f| f.node) else {
+        return;
+    };
+    let handles_left = w.file_objects.iter().any(|(&other, f)| {
+        // SAFETY: every file object in the table is live memory (a handle's, a stream file
+        // object, or one the cache manager holds) until its close removes it from the table.
+        let flags = unsafe { (*(other as *const FILE_OBJECT)).Flags };
+        let handle = flags & (FO_CLEANUP_COMPLETE | FO_STREAM_FILE) == 0;
+        other != file_object && f.node == Some(node) && f.open && handle
+    });
+    if let Some(v) = w.volume(volume)
+        && !handles_left
+        && v.files.node(node).is_some_and(|n| n.delete_pending)
+    {
+        v.files.remove(node);
+    }
+}
+
+/// Sends `IRP_MJ_CLOSE` for `file_object` through the filter and forgets the file object; the
+/// stream's contexts go with its last file object.
+pub(crate) fn send_close(volume: isize, file_object: *mut FILE_OBJECT) {
+    let op = Operation {
+        major: major(IRP_MJ_CLOSE),
+        minor: 0,
+        irp_flags: 0,
+        fast_io: false,
+        file_object,
+        volume,
+        parameters: FLT_PARAMETERS::default(),
+    };
+    perform(&op, &mut |_| (STATUS_SUCCESS, 0));
+    release_stream(volume, file_object as usize);
+    world::with(|w| {
+        w.file_objects.remove(&(file_object as usize));
+        w.bypass_io.remove(&(file_object as usize));
+    });
 }
 
 impl Drop for FileHandle<'_> {

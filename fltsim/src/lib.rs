@@ -14,6 +14,7 @@
 mod abi;
 pub mod apc;
 pub mod bugcheck;
+mod cachemgr;
 mod callback;
 mod context;
 mod file;
@@ -46,8 +47,10 @@ mod volume;
 mod world;
 
 pub use abi::DriverEntry;
+pub use cachemgr::{CloseTiming, MAX_DEFERRED_CLOSES, StreamFileObject};
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};
+pub use names::FILE_NAME_TAG;
 pub use pause::{Pause, Point};
 pub use port::{Caller, FLT_PORT_ALL_ACCESS, Input, Output, PortClient, Reply};
 pub use session::Sim;

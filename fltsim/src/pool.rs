@@ -293,6 +293,12 @@ pub fn set_fault_injection(plan: FaultPlan) {
     });
 }
 
+/// Whether the fault plan fails, now, an allocation of `tag` that fltsim makes on a driver's behalf
+/// without charging it to the pool (Filter Manager's own allocations, e.g. file name information).
+pub(crate) fn inject_failure(tag: u32) -> bool {
+    with_pool(|pool| pool.inject(tag))
+}
+
 /// Number of allocations failed on purpose since the session started.
 #[must_use]
 pub fn injected_failures() -> u64 {

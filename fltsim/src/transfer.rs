@@ -300,10 +300,16 @@ impl FileHandle<'_> {
         };
         drop(buffer);
         if refused.get() {
-            Outcome::FastIoDisallowed
-        } else {
-            outcome
+            return Outcome::FastIoDisallowed;
         }
+        let through_cache = !matches!(path, Path::NonCached | Path::Paging) && !completion;
+        if let (Direction::Write, true, Outcome::Done(status, written)) =
+            (direction, through_cache, outcome)
+            && status >= 0
+        {
+            crate::cachemgr::dirtied(file_object, volume, offset, written as u64);
+        }
+        outcome
     }
 
     fn lock_control(&mut self, minor: u32, offset: u64, length: u64, exclusive: bool) -> IoResult {
@@ -335,6 +341,48 @@ impl FileHandle<'_> {
             lock_in_file_system(volume, file_object, minor, request)
         }))
     }
+}
+
+/// A paging read or write (`IRP_PAGING_IO | IRP_NOCACHE`) of `length` bytes at `offset` through
+/// `file_object`, which has no handle of its own: a cleaned-up file object the cache manager
+/// flushes through (the lazy writer), or a stream file object (`crate::cachemgr`).
+pub(crate) fn paging(
+    volume: isize,
+    file_object: *mut windows_sys::Wdk::Foundation::FILE_OBJECT,
+    write: bool,
+    offset: u64,
+    length: u32,
+) -> IoResult {
+    let mut buffer = vec![0_u8; usize::try_from(length).unwrap_or(0)];
+    let mut parameters = FLT_PARAMETERS::default();
+    let offset_value = i64::try_from(offset).unwrap_or(i64::MAX);
+    let (direction, code) = if write {
+        parameters.Write.Length = length;
+        parameters.Write.ByteOffset = offset_value;
+        parameters.Write.WriteBuffer = buffer.as_mut_ptr().cast();
+        (Direction::Write, IRP_MJ_WRITE)
+    } else {
+        parameters.Read.Length = length;
+        parameters.Read.ByteOffset = offset_value;
+        parameters.Read.ReadBuffer = buffer.as_mut_ptr().cast();
+        (Direction::Read, IRP_MJ_READ)
+    };
+    let op = Operation {
+        major: major(code),
+        minor: 0,
+        irp_flags: IRP_PAGING_IO | IRP_NOCACHE,
+        fast_io: false,
+        file_object,
+        volume,
+        parameters,
+    };
+    let address = file_object as usize;
+    let outcome = perform(&op, &mut |p| {
+        let (length, offset) = lengths(direction, Path::Paging, p);
+        transfer_in_file_system(volume, address, direction, Path::Paging, length, offset)
+    });
+    drop(buffer);
+    result(outcome)
 }
 
 /// The major function code of a Filter Manager pseudo-operation, as `FLT_IO_PARAMETER_BLOCK`

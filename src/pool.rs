@@ -138,7 +138,7 @@ impl fmt::Debug for Tag {
 pub mod tags {
     use super::Tag;
 
-    /// `ItTb`: a per-instance tally table's storage (the `hashbrown` buckets, in paged pool).
+    /// `ItTb`: a per-instance tally table's storage (entry and index blocks, in paged pool).
     ///
     /// ```
     /// assert_eq!(iotally::pool::tags::TABLE.to_string(), "ItTb");

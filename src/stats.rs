@@ -1,5 +1,9 @@
 //! Per-instance statistics: one relaxed atomic counter per [`Stat`], kept beside the tally table.
 //!
+//! They are shared by the whole volume, so a tracked read or write never writes them: they count
+//! inserts, evictions and failed allocations (under the exclusive lock) and requests that are *not*
+//! tracked (misses, untracked requests), never hits.
+//!
 //! The statistics themselves are named once, in the protocol crate, so that the driver, the
 //! communication port and `iotallyctl` agree on them.
 

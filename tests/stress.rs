@@ -160,9 +160,10 @@ fn failed_table_allocations_are_counted_and_drop_only_that_tally() {
     t.sim.create_file(c, r"\kept", 0);
     let h = t.sim.open(c, r"\kept", OpenOptions::open()).unwrap();
     assert_eq!(h.close(), 0);
+    // Every new tally copies its file's name into a name block (tag ItFn): make that fail.
     pool::set_fault_injection(FaultPlan::EveryNth {
         n: 1,
-        tag: Some(u32::from_le_bytes(*b"ItTb")),
+        tag: Some(u32::from_le_bytes(*b"ItFn")),
     });
     let mut lost = t.sim.open(c, r"\lost", OpenOptions::create()).unwrap();
     lost.write(5, 0);
@@ -181,6 +182,38 @@ fn failed_table_allocations_are_counted_and_drop_only_that_tally() {
         0,
         "an untallied file gets no stream context: its I/O is not looked up"
     );
+    t.unload_clean();
+}
+
+#[test]
+fn a_failed_table_block_allocation_drops_only_the_file_that_needed_it() {
+    let t = Loaded::new();
+    let c = t.volume(2, FileSystem::Ntfs);
+    // The table's first entry block holds 128 entries: the 129th file needs a new block (tag ItTb).
+    for i in 0..129 {
+        t.sim.create_file(c, &format!(r"\f{i:03}"), 0);
+    }
+    for i in 0..128 {
+        let h = t
+            .sim
+            .open(c, &format!(r"\f{i:03}"), OpenOptions::open())
+            .unwrap();
+        assert_eq!(h.close(), 0);
+    }
+    pool::set_fault_injection(FaultPlan::EveryNth {
+        n: 1,
+        tag: Some(u32::from_le_bytes(*b"ItTb")),
+    });
+    let h = t.sim.open(c, r"\f128", OpenOptions::open()).unwrap();
+    assert_eq!(h.close(), 0);
+    pool::set_fault_injection(FaultPlan::Off);
+    assert_eq!(t.tallies(c).unwrap().len(), 128);
+    assert_eq!(t.stats(c).get(Stat::AllocationFailures), 1);
+    let h = t.sim.open(c, r"\f128", OpenOptions::open()).unwrap();
+    assert_eq!(h.close(), 0);
+    let tallies = t.tallies(c).unwrap();
+    assert_eq!(tallies.len(), 129);
+    assert_eq!(tallies[r"\f128"].opens, 1);
     t.unload_clean();
 }
 

@@ -276,6 +276,9 @@ fn a_moved_fat_file_gets_a_new_entry_once_reopened() {
     let mut h = t.sim.open(f, r"\a", OpenOptions::open()).unwrap();
     h.read(1, 0);
     drop(h);
+    // The cache manager holds the read's file object (and with it the stream and its context)
+    // until the lazy writer lets it go; the reopen below is after that close.
+    t.sim.run_lazy_writer();
     t.sim.rename(f, r"\a", r"\d\a").unwrap();
     let mut h = t.sim.open(f, r"\d\a", OpenOptions::open()).unwrap();
     h.read(2, 0);

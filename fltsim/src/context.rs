@@ -299,16 +299,25 @@ pub unsafe extern "system" fn FltReferenceContext(context: PFLT_CONTEXT) {
     }
 }
 
-/// `FltReleaseContext`: drops a reference; the last one runs the cleanup callback and frees the
-/// context. IRQL <= `APC_LEVEL` for paged contexts, <= `DISPATCH_LEVEL` for nonpaged ones.
+/// `FltReleaseContext` ("`FltReleaseContext` function (fltkernel.h)"): drops a reference; the last
+/// one runs the cleanup callback and frees the context. IRQL <= `APC_LEVEL` for paged contexts,
+/// <= `DISPATCH_LEVEL` for nonpaged ones.
+///
+/// A context set on an object holds a reference of its own until it is deleted. A release that
+/// would drop that one (the caller releasing a reference it does not own) leaves Filter Manager
+/// pointing at freed memory on Windows; fltsim reports it at that release, naming the object.
 ///
 /// # Safety
 /// None beyond the routine's contract; an unknown or over-released context is reported.
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn FltReleaseContext(context: PFLT_CONTEXT) {
     let address = context as usize;
-    let paged = world::with(|w| w.contexts.get(&address).map(|c| c.paged));
-    let Some(paged) = paged else {
+    let known = world::with(|w| {
+        w.contexts
+            .get(&address)
+            .map(|c| (c.paged, c.references, c.link))
+    });
+    let Some((paged, references, link)) = known else {
         violation(format!(
             "fltsim: FltReleaseContext: {address:#x} is not a live context (released more times \
              than referenced, or never allocated)"
@@ -326,12 +335,37 @@ pub unsafe extern "system" fn FltReleaseContext(context: PFLT_CONTEXT) {
     if !irql_at_most("FltReleaseContext", DISPATCH_LEVEL) {
         return;
     }
+    if references == 1 && matches!(link, Link::Instance(_) | Link::Stream(..)) {
+        violation(format!(
+            "fltsim: FltReleaseContext of context {address:#x} drops its last reference while it \
+             is still set on {} (released once more than referenced: Filter Manager would free \
+             a context it still links to)",
+            link_name(link)
+        ));
+        return;
+    }
     let dying = world::with(|w| unreference(w, address));
     finish(dying.into_iter().collect());
 }
 
-/// `FltDeleteContext`: unlinks the context from its object (dropping the link's reference).
-/// IRQL <= `APC_LEVEL`.
+/// What a link is to, for messages.
+fn link_name(link: Link) -> String {
+    match link {
+        Link::Instance(instance) => format!("instance {instance:#x}"),
+        Link::Stream(instance, stream) => {
+            format!("stream {stream:#x} of instance {instance:#x}")
+        }
+        Link::Unlinked => "nothing".into(),
+        Link::Deleted => "nothing (deleted)".into(),
+    }
+}
+
+/// `FltDeleteContext` ("`FltDeleteContext` function (fltkernel.h)"): unlinks the context from its
+/// object, dropping the link's reference. IRQL <= `APC_LEVEL`.
+///
+/// The caller "must already have a reference to the context", and keeps it (release it after); a
+/// context never set on anything has nothing to be deleted from. Both are reported. A second delete
+/// of a deleted context (two threads deciding to delete it) does nothing.
 ///
 /// # Safety
 /// None beyond the routine's contract; an unknown context is reported.
@@ -342,15 +376,24 @@ pub unsafe extern "system" fn FltDeleteContext(context: PFLT_CONTEXT) {
     }
     let address = context as usize;
     let dying = world::with(|w| {
-        if w.contexts.contains_key(&address) {
-            Ok(unlink(w, address))
-        } else {
-            Err(())
+        let context = w.contexts.get(&address).ok_or(None)?;
+        match context.link {
+            Link::Unlinked => Err(Some(format!(
+                "fltsim: FltDeleteContext of context {address:#x}, which was never set on an \
+                 object (delete a context set with FltSet*Context; free an unset one with \
+                 FltReleaseContext)"
+            ))),
+            Link::Instance(_) | Link::Stream(..) if context.references < 2 => Err(Some(format!(
+                "fltsim: FltDeleteContext of context {address:#x} without holding a reference \
+                     to it (only its link holds one: get or reference the context first)"
+            ))),
+            _ => Ok(unlink(w, address)),
         }
     });
     match dying {
         Ok(dying) => finish(dying.into_iter().collect()),
-        Err(()) => invalid_handle("FltDeleteContext", "context", context as isize),
+        Err(Some(message)) => violation(message),
+        Err(None) => invalid_handle("FltDeleteContext", "context", context as isize),
     }
 }
 
@@ -382,7 +425,11 @@ fn set_context(
         Target::Stream(_) => FLT_STREAM_CONTEXT,
     };
     let outcome = world::with(|w| {
-        let Some(inst) = w.instances.get(&instance) else {
+        let Some(inst) = w
+            .instances
+            .get(&instance)
+            .filter(|i| i.state != InstanceState::Gone)
+        else {
             return Err(None);
         };
         if inst.state != InstanceState::Attached {
@@ -471,7 +518,10 @@ fn get_context(
         return STATUS_INVALID_PARAMETER;
     }
     let found = world::with(|w| {
-        let inst = w.instances.get(&instance)?;
+        let inst = w
+            .instances
+            .get(&instance)
+            .filter(|i| i.state != InstanceState::Gone)?;
         let found = match target {
             Target::Instance => inst.context,
             Target::Stream(stream) => inst.stream_contexts.get(&stream).copied(),
@@ -495,21 +545,50 @@ fn get_context(
 }
 
 /// The stream of `file_object` for stream-context routines, or the status to return.
-fn stream_of(routine: &str, file_object: *const FILE_OBJECT) -> Result<u128, NTSTATUS> {
+///
+/// A torn-down instance is a stale handle, and a file object on another volume than the
+/// instance's is not one the instance can have a context for: both are reported (Filter Verifier
+/// checks the objects passed to Filter Manager routines).
+fn stream_of(
+    routine: &str,
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+) -> Result<u128, NTSTATUS> {
     let state = world::with(|w| {
-        w.file_objects
+        let volume = w
+            .instances
+            .get(&instance)
+            .filter(|i| i.state != InstanceState::Gone)
+            .map(|i| i.volume);
+        let file = w
+            .file_objects
             .get(&(file_object as usize))
-            .map(|f| (f.stream, f.volume_open))
+            .map(|f| (f.volume, f.stream, f.volume_open));
+        (volume, file)
     });
     match state {
-        None => {
+        (None, _) => {
+            invalid_handle(routine, "instance", instance);
+            Err(STATUS_INVALID_PARAMETER)
+        }
+        (_, None) => {
             invalid_handle(routine, "file object", file_object as isize);
             Err(STATUS_INVALID_PARAMETER)
         }
-        // Volume opens have no stream, and before the file system opened the file (pre-create)
-        // there is none yet: Filter Manager returns STATUS_NOT_SUPPORTED.
-        Some((None, _) | (_, true)) => Err(STATUS_NOT_SUPPORTED),
-        Some((Some(stream), false)) => Ok(stream),
+        (Some(volume), Some((on, _, _))) if on != volume => {
+            violation(format!(
+                "fltsim: {routine}: file object {:#x} is on volume {on:#x}, not on the volume \
+                 {volume:#x} of instance {instance:#x}",
+                file_object as usize
+            ));
+            Err(STATUS_INVALID_PARAMETER)
+        }
+        (_, Some((_, stream, volume_open))) => match (stream, volume_open) {
+            // Volume opens have no stream, and before the file system opened the file
+            // (pre-create) there is none yet: Filter Manager returns STATUS_NOT_SUPPORTED.
+            (None, _) | (_, true) => Err(STATUS_NOT_SUPPORTED),
+            (Some(stream), false) => Ok(stream),
+        },
     }
 }
 
@@ -567,7 +646,7 @@ pub unsafe extern "system" fn FltSetStreamContext(
     if !irql_at_most("FltSetStreamContext", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
-    let stream = match stream_of("FltSetStreamContext", fileobject) {
+    let stream = match stream_of("FltSetStreamContext", instance, fileobject) {
         Ok(stream) => stream,
         Err(status) => return status,
     };
@@ -594,7 +673,7 @@ pub unsafe extern "system" fn FltGetStreamContext(
     if !irql_at_most("FltGetStreamContext", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
-    let stream = match stream_of("FltGetStreamContext", fileobject) {
+    let stream = match stream_of("FltGetStreamContext", instance, fileobject) {
         Ok(stream) => stream,
         Err(status) => {
             if !context.is_null() {

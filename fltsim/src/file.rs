@@ -12,8 +12,8 @@ use windows_sys::Wdk::Storage::FileSystem::{
     FILE_SUPERSEDE,
 };
 use windows_sys::Wdk::System::SystemServices::{
-    FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
-    SL_OPEN_TARGET_DIRECTORY,
+    FO_CLEANUP_COMPLETE, FO_SYNCHRONOUS_IO, FO_VOLUME_OPEN, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
+    IRP_MJ_CREATE, SL_OPEN_TARGET_DIRECTORY,
 };
 use windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_CANNOT_MAKE, STATUS_DELETE_PENDING, STATUS_FILE_IS_A_DIRECTORY,
@@ -126,9 +126,36 @@ pub struct IoResult {
 }
 
 /// A file object and its name buffer, at stable addresses for the driver.
-struct FileObjectBox {
+pub(crate) struct FileObjectBox {
     object: FILE_OBJECT,
     name: Box<[u16]>,
+}
+
+// SAFETY: plain memory the simulator owns; the driver sees it only during operations on it.
+unsafe impl Send for FileObjectBox {}
+
+impl FileObjectBox {
+    /// A `FILE_OBJECT` named `path` (relative to the volume), with `flags`.
+    pub(crate) fn new(path: &str, flags: u32) -> Box<Self> {
+        let name: Box<[u16]> = path.encode_utf16().collect();
+        let mut object = Box::new(Self {
+            // SAFETY: FILE_OBJECT is plain data for which all-zero bytes are valid.
+            object: unsafe { std::mem::zeroed() },
+            name,
+        });
+        object.object.Type = IO_TYPE_FILE;
+        object.object.Size = i16::try_from(size_of::<FILE_OBJECT>()).unwrap_or(i16::MAX);
+        object.object.FileName = unicode(&object.name);
+        object.object.Flags = flags;
+        object.object.ReadAccess = true;
+        object.object.WriteAccess = true;
+        object
+    }
+
+    /// The file object the driver sees.
+    pub(crate) fn file_object(&mut self) -> *mut FILE_OBJECT {
+        &raw mut self.object
+    }
 }
 
 /// An open file: the simulated `FILE_OBJECT` a user handle refers to.
@@ -350,23 +377,13 @@ pub(crate) fn open_file<'sim>(
     } else {
         path.to_owned()
     };
-    let name: Box<[u16]> = path.encode_utf16().collect();
-    let mut object = Box::new(FileObjectBox {
-        // SAFETY: FILE_OBJECT is plain data for which all-zero bytes are valid.
-        object: unsafe { std::mem::zeroed() },
-        name,
-    });
-    object.object.Type = IO_TYPE_FILE;
-    object.object.Size = i16::try_from(size_of::<FILE_OBJECT>()).unwrap_or(i16::MAX);
-    object.object.FileName = unicode(&object.name);
-    object.object.Flags = FO_SYNCHRONOUS_IO
+    let flags = FO_SYNCHRONOUS_IO
         | if options.volume_open {
             FO_VOLUME_OPEN
         } else {
             0
         };
-    object.object.ReadAccess = true;
-    object.object.WriteAccess = true;
+    let mut object = FileObjectBox::new(&path, flags);
     let file_object: *mut FILE_OBJECT = &raw mut object.object;
     world::with(|w| {
         w.file_objects.insert(
@@ -429,6 +446,7 @@ pub(crate) fn open_file<'sim>(
         if opened {
             // The filter failed a create the file system had opened (it would send
             // FltCancelFileOpen): the file object goes away with no cleanup or close.
+            world::with(|w| cleanup_handle(w, volume, file_object as usize));
             release_stream(volume, file_object as usize);
         }
         world::with(|w| w.file_objects.remove(&(file_object as usize)));
@@ -786,48 +804,87 @@ pub(crate) fn current_path(w: &mut world::World, file_object: usize) -> Option<S
     })
 }
 
-/// Drops one open of the stream of `file_object`. The last handle of a deleted stream removes it;
-/// the last handle opened by a deleted name removes the name, and the node with its last name. The
-/// stream's last open deletes its stream contexts.
+/// The cleanup of a handle's file object: drops the handle from its name's and stream's counts. A
+/// deleted name goes when the cleanup of the last handle opened by it is done, the file with its
+/// last name, and a deleted named stream with its last handle's cleanup ("the file is deleted when
+/// all open handles to the file are closed": "`FILE_DISPOSITION_INFORMATION` structure
+/// (ntddk.h)"), even while the cache manager still holds a file object of it (whose close comes
+/// later).
+fn cleanup_handle(w: &mut world::World, volume: isize, file_object: usize) {
+    let Some((stream, node, link)) = w
+        .file_objects
+        .get(&file_object)
+        .and_then(|f| Some((f.stream?, f.node?, f.link?)))
+    else {
+        return;
+    };
+    let Some(v) = w.volume(volume) else {
+        return;
+    };
+    let index = stream_index(stream);
+    let mut remove_link = false;
+    if let Some(n) = v.files.node_mut(node) {
+        if let Some(s) = n.stream_mut(index) {
+            s.opens -= 1;
+            if s.opens == 0 && s.delete_pending {
+                n.remove_stream(index);
+            }
+        }
+        if let Some(l) = n.link_mut(link) {
+            l.opens -= 1;
+            remove_link = l.opens == 0 && l.delete_pending;
+        }
+    }
+    if remove_link && v.files.has_children(node) {
+        // A directory that got entries after its delete was asked for cannot go: fltsim drops
+        // the delete rather than leave its name pending for ever.
+        if let Some(l) = v.files.node_mut(node).and_then(|n| n.link_mut(link)) {
+            l.delete_pending = false;
+        }
+    } else if remove_link {
+        v.files.remove_link(node, link);
+    }
+}
+
+/// Drops one file object of the stream of `file_object` (its close); the stream's last one
+/// deletes its stream contexts.
 fn release_stream(volume: isize, file_object: usize) {
     let dying = world::with(|w| {
-        let (stream, node, link) = w.file_objects.get_mut(&file_object).and_then(|f| {
+        let stream = w.file_objects.get_mut(&file_object).and_then(|f| {
             f.open = false;
-            Some((f.stream?, f.node?, f.link?))
+            f.stream
         })?;
         let v = w.volume(volume)?;
         let count = v.open_streams.get_mut(&stream)?;
         *count -= 1;
-        let last_of_stream = *count == 0;
-        if last_of_stream {
-            v.open_streams.remove(&stream);
+        if *count > 0 {
+            return None;
         }
-        let index = stream_index(stream);
-        let mut remove_link = false;
-        if let Some(n) = v.files.node_mut(node) {
-            if let Some(s) = n.stream_mut(index) {
-                s.opens -= 1;
-                if s.opens == 0 && s.delete_pending {
-                    n.remove_stream(index);
-                }
-            }
-            if let Some(l) = n.link_mut(link) {
-                l.opens -= 1;
-                remove_link = l.opens == 0 && l.delete_pending;
-            }
-        }
-        if remove_link && v.files.has_children(node) {
-            // A directory that got entries after its delete was asked for cannot go: fltsim drops
-            // the delete rather than leave its name pending for ever.
-            if let Some(l) = v.files.node_mut(node).and_then(|n| n.link_mut(link)) {
-                l.delete_pending = false;
-            }
-        } else if remove_link {
-            v.files.remove_link(node, link);
-        }
-        last_of_stream.then(|| crate::context::stream_closed(w, volume, stream))
+        v.open_streams.remove(&stream);
+        Some(crate::context::stream_closed(w, volume, stream))
     });
     crate::context::finish(dying.unwrap_or_default());
+}
+
+/// Sends `IRP_MJ_CLOSE` for `file_object` through the filter and forgets the file object; the
+/// stream's contexts go with its last file object.
+pub(crate) fn send_close(volume: isize, file_object: *mut FILE_OBJECT) {
+    let op = Operation {
+        major: major(IRP_MJ_CLOSE),
+        minor: 0,
+        irp_flags: 0,
+        stack_flags: 0,
+        fast_io: false,
+        file_object,
+        volume,
+        parameters: FLT_PARAMETERS::default(),
+    };
+    perform(&op, &mut |_| (STATUS_SUCCESS, 0));
+    release_stream(volume, file_object as usize);
+    world::with(|w| {
+        w.file_objects.remove(&(file_object as usize));
+        w.bypass_io.remove(&(file_object as usize));
+    });
 }
 
 pub(crate) fn major(code: u32) -> u8 {
@@ -872,30 +929,37 @@ impl FileHandle<'_> {
         self.closed = true;
         let _exit = crate::session::checked();
         let file_object: *mut FILE_OBJECT = &raw mut self.object.object;
-        let mut result = STATUS_SUCCESS;
-        for code in [IRP_MJ_CLEANUP, IRP_MJ_CLOSE] {
-            let op = Operation {
-                major: major(code),
-                minor: 0,
-                irp_flags: 0,
-                stack_flags: 0,
-                fast_io: false,
-                file_object,
-                volume: self.volume,
-                parameters: FLT_PARAMETERS::default(),
-            };
-            if let Outcome::Done(status, _) = perform(&op, &mut |_| (STATUS_SUCCESS, 0))
-                && code == IRP_MJ_CLEANUP
-            {
-                result = status;
-            }
-        }
-        world::with(|w| crate::transfer::unlock_all(w, self.volume, file_object as usize));
-        release_stream(self.volume, file_object as usize);
+        let op = Operation {
+            major: major(IRP_MJ_CLEANUP),
+            minor: 0,
+            irp_flags: 0,
+            stack_flags: 0,
+            fast_io: false,
+            file_object,
+            volume: self.volume,
+            parameters: FLT_PARAMETERS::default(),
+        };
+        let mut file_system = |_: &FLT_PARAMETERS| {
+            // The file system marks the file object when it completes the cleanup.
+            // SAFETY: the handle's own file object, live for the operation; the filter sees it
+            // again only in the post-op, after this write.
+            unsafe { (*file_object).Flags |= FO_CLEANUP_COMPLETE };
+            (STATUS_SUCCESS, 0)
+        };
+        let result = match perform(&op, &mut file_system) {
+            Outcome::Done(status, _) => status,
+            Outcome::FastIoDisallowed => STATUS_SUCCESS,
+        };
         world::with(|w| {
-            w.file_objects.remove(&(file_object as usize));
-            w.bypass_io.remove(&(file_object as usize));
+            crate::transfer::unlock_all(w, self.volume, file_object as usize);
+            cleanup_handle(w, self.volume, file_object as usize);
         });
+        // The close comes when the last reference to the file object goes: now, or later from the
+        // cache manager if it holds one (`crate::cachemgr`), which then owns the file object.
+        let object = std::mem::replace(&mut self.object, FileObjectBox::new("", 0));
+        if let Some(mut object) = crate::cachemgr::defer_close(object, self.volume) {
+            send_close(self.volume, object.file_object());
+        }
         result
     }
 }

@@ -25,6 +25,7 @@ use crate::abi::{
     InstanceQueryTeardown, InstanceSetup, InstanceTeardown, PostOperation, PreOperation,
 };
 use crate::callback::{call_at, hex};
+use crate::context::FLT_VARIABLE_SIZED_CONTEXTS;
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
 use crate::pause::Point;
 use crate::verifier::{irql_at_most, violation};
@@ -36,7 +37,8 @@ const LOWEST_FLT_MAJOR: u8 = 0xEC;
 /// Array entries read before deciding that an operation or context array has no terminator.
 const MAX_ENTRIES: usize = 256;
 
-/// `FltRegisterFilter`: validates and copies the registration. IRQL `PASSIVE_LEVEL`.
+/// `FltRegisterFilter`: validates and copies the registration. IRQL <= `APC_LEVEL`
+/// ("`FltRegisterFilter` function (fltkernel.h)").
 ///
 /// Returns `STATUS_INVALID_PARAMETER` for a wrong `Size`/`Version`, an operation array with an
 /// invalid or duplicate major function, and `STATUS_FLT_INVALID_CONTEXT_REGISTRATION` for an invalid
@@ -50,7 +52,7 @@ pub unsafe extern "system" fn FltRegisterFilter(
     registration: *const FLT_REGISTRATION,
     retfilter: *mut PFLT_FILTER,
 ) -> NTSTATUS {
-    if !irql_at_most("FltRegisterFilter", PASSIVE_LEVEL) {
+    if !irql_at_most("FltRegisterFilter", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
     if driver.is_null() || registration.is_null() || retfilter.is_null() {
@@ -175,7 +177,13 @@ unsafe fn parse_operations(
     Err(STATUS_INVALID_PARAMETER)
 }
 
-/// Reads the context array up to `FLT_CONTEXT_END`.
+/// Reads the context array up to `FLT_CONTEXT_END`, with the rules of "`FLT_CONTEXT_REGISTRATION`
+/// structure (fltkernel.h)": a known `ContextType`; `Size` any value ("Zero is a valid size") or
+/// `FLT_VARIABLE_SIZED_CONTEXTS`; a non-zero `PoolTag` unless a `ContextAllocateCallback` is given;
+/// an entry with `ContextAllocateCallback` is the only one of its type; at most one variable-size
+/// and three fixed-size entries per type. An allocate callback needs a free callback and the other
+/// way round (fltsim's reading: Filter Manager cannot free what it did not allocate). Identical
+/// entries are ignored after the first, as documented.
 ///
 /// # Safety
 /// `array` is null or points to entries up to a terminator.
@@ -191,7 +199,8 @@ unsafe fn parse_contexts(
         FLT_TRANSACTION_CONTEXT,
         FLT_SECTION_CONTEXT,
     ];
-    let mut contexts = Vec::new();
+    let mut contexts: Vec<ContextEntry> = Vec::new();
+    let mut seen: Vec<[usize; 7]> = Vec::new();
     if array.is_null() {
         return Ok(contexts);
     }
@@ -204,18 +213,47 @@ unsafe fn parse_contexts(
         let custom_allocator = entry.ContextAllocateCallback.is_some();
         let valid = TYPES.contains(&u32::from(entry.ContextType))
             && custom_allocator == entry.ContextFreeCallback.is_some()
-            && (custom_allocator || entry.Size != 0);
+            && (custom_allocator || entry.PoolTag != 0);
         if !valid {
             return Err(STATUS_FLT_INVALID_CONTEXT_REGISTRATION);
         }
-        contexts.push(ContextEntry {
+        let new = ContextEntry {
             context_type: entry.ContextType,
             cleanup: ContextCleanup::from_driver(entry.ContextCleanupCallback),
             size: entry.Size,
             tag: entry.PoolTag,
             allocate: ContextAllocate::from_driver(entry.ContextAllocateCallback),
             free: ContextFree::from_driver(entry.ContextFreeCallback),
-        });
+        };
+        let same_type: Vec<&ContextEntry> = contexts
+            .iter()
+            .filter(|e| e.context_type == new.context_type)
+            .collect();
+        let raw = [
+            usize::from(entry.ContextType),
+            usize::from(entry.Flags),
+            entry.ContextCleanupCallback.map_or(0, |f| f as usize),
+            entry.Size,
+            entry.PoolTag as usize,
+            entry.ContextAllocateCallback.map_or(0, |f| f as usize),
+            entry.ContextFreeCallback.map_or(0, |f| f as usize),
+        ];
+        if seen.contains(&raw) {
+            continue;
+        }
+        seen.push(raw);
+        let variable = |e: &&ContextEntry| e.size == FLT_VARIABLE_SIZED_CONTEXTS;
+        let too_many = if custom_allocator {
+            !same_type.is_empty()
+        } else if new.size == FLT_VARIABLE_SIZED_CONTEXTS {
+            same_type.iter().any(variable)
+        } else {
+            same_type.iter().filter(|e| !variable(e)).count() >= 3
+        };
+        if too_many || same_type.iter().any(|e| e.allocate.is_some()) {
+            return Err(STATUS_FLT_INVALID_CONTEXT_REGISTRATION);
+        }
+        contexts.push(new);
     }
     violation(format!(
         "fltsim: FltRegisterFilter: context array has no FLT_CONTEXT_END in its first \
@@ -225,13 +263,14 @@ unsafe fn parse_contexts(
 }
 
 /// `FltStartFiltering`: starts filtering and attaches instances to the volumes already mounted
-/// (instance setup with `FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT`). IRQL `PASSIVE_LEVEL`.
+/// (instance setup with `FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT`). IRQL <= `APC_LEVEL`
+/// ("`FltStartFiltering` function (fltkernel.h)"); the setups themselves run at `PASSIVE_LEVEL`.
 ///
 /// # Safety
 /// None beyond the routine's contract; an unknown handle is reported.
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn FltStartFiltering(filter: PFLT_FILTER) -> NTSTATUS {
-    if !irql_at_most("FltStartFiltering", PASSIVE_LEVEL) {
+    if !irql_at_most("FltStartFiltering", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
     let state = world::with(|w| w.filter_by_handle(filter).map(|f| f.state));

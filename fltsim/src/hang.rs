@@ -42,6 +42,10 @@ use crate::world::lock_ignoring_poison;
 /// The bound on any single wait unless a test or `FLTSIM_WAIT_LIMIT_MS` sets another.
 pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(20);
 
+/// How long a wait lasts, with a rule violation recorded, before the violation is reported in its
+/// place.
+const VIOLATION_GRACE: Duration = Duration::from_secs(1);
+
 /// The longest a blocked thread sleeps before it looks at the graph and the bound again.
 const SLICE: Duration = Duration::from_millis(100);
 
@@ -336,6 +340,12 @@ impl Registration {
             std::process::abort();
         }
         let waited = self.since.elapsed();
+        if waited >= VIOLATION_GRACE.min(self.limit) {
+            // A rule broken while this thread waits (an operation that can never complete because
+            // its completion was refused, ...) is the likely cause, and Windows would have stopped
+            // at it: report it now rather than when the bound passes.
+            crate::verifier::check();
+        }
         if waited >= self.limit {
             let report = with_graph(|g| {
                 let what = g

@@ -183,7 +183,9 @@ fn drain(instance: isize) {
         Some(owed)
     });
     for (data, post) in owed {
-        let status = call_at(post.irql, "PostOperationCallback (draining)", || {
+        // "`PFLT_POST_OPERATION_CALLBACK` callback function (fltkernel.h)": with
+        // FLTFL_POST_OPERATION_DRAINING the post-op "is called at IRQL <= APC_LEVEL".
+        let status = call_at(PASSIVE_LEVEL, "PostOperationCallback (draining)", || {
             // SAFETY: the operation's thread waits (PostState::Draining) until this returns, so the
             // callback data and related objects stay valid; the driver's post-op callback.
             unsafe {

@@ -18,9 +18,11 @@ use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_PREOP_SUCCESS_NO_CALLBACK, FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_PREOP_SYNCHRONIZE,
     FLT_RELATED_OBJECTS, FLTFL_CALLBACK_DATA_FAST_IO_OPERATION, FLTFL_CALLBACK_DATA_IRP_OPERATION,
     FLTFL_OPERATION_REGISTRATION_SKIP_CACHED_IO, FLTFL_OPERATION_REGISTRATION_SKIP_PAGING_IO,
-    PFLT_POST_OPERATION_CALLBACK,
+    FLTFL_POST_OPERATION_DRAINING, PFLT_POST_OPERATION_CALLBACK,
 };
-use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CREATE, IRP_NOCACHE, IRP_PAGING_IO};
+use windows_sys::Wdk::System::SystemServices::{
+    IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_NOCACHE, IRP_PAGING_IO,
+};
 use windows_sys::Win32::Foundation::{NTSTATUS, STATUS_PENDING};
 
 use crate::abi::{PostOperation, PreOperation};
@@ -227,18 +229,7 @@ fn run(
         }),
         None => FLT_PREOP_SUCCESS_WITH_CALLBACK,
     };
-    if verdict == FLT_PREOP_PENDING {
-        (verdict, completion_context) = wait_for_completion(data);
-    } else if world::with(|w| w.pended.remove(&(data as usize)))
-        .flatten()
-        .is_some()
-    {
-        violation(
-            "fltsim: FltCompletePendedPreOperation called for an operation whose pre-op did not \
-             return FLT_PREOP_PENDING"
-                .into(),
-        );
-    }
+    (verdict, completion_context) = settle(op, data, verdict, completion_context);
     let mut synchronized = false;
     let wants_post = match verdict {
         FLT_PREOP_SUCCESS_WITH_CALLBACK => filtering.post.is_some(),
@@ -256,7 +247,7 @@ fn run(
         }
         FLT_PREOP_COMPLETE => {
             leave(filtering.instance);
-            return completed_by_filter(data);
+            return completed_by_filter(op, data);
         }
         FLT_PREOP_DISALLOW_FASTIO => {
             leave(filtering.instance);
@@ -400,8 +391,79 @@ fn wait_for_completion(data: *mut FLT_CALLBACK_DATA) -> (FLT_PREOP_CALLBACK_STAT
     (status, context as *mut c_void)
 }
 
-/// The outcome of an operation the pre-op completed (`FLT_PREOP_COMPLETE`).
-fn completed_by_filter(data: *mut FLT_CALLBACK_DATA) -> Outcome {
+/// Checks the pre-op's verdict and, for `FLT_PREOP_PENDING`, waits for the driver to complete the
+/// operation: the verdict and completion context the operation goes on with.
+fn settle(
+    op: &Operation,
+    data: *mut FLT_CALLBACK_DATA,
+    verdict: FLT_PREOP_CALLBACK_STATUS,
+    completion_context: *mut c_void,
+) -> (FLT_PREOP_CALLBACK_STATUS, *mut c_void) {
+    check_verdict(op, verdict, completion_context);
+    if verdict == FLT_PREOP_PENDING && op.fast_io {
+        // Reported by check_verdict: fast I/O cannot be pended; carry on as if not pended.
+        world::with(|w| w.pended.remove(&(data as usize)));
+        return (FLT_PREOP_SUCCESS_NO_CALLBACK, std::ptr::null_mut());
+    }
+    if verdict == FLT_PREOP_PENDING {
+        return wait_for_completion(data);
+    }
+    if world::with(|w| w.pended.remove(&(data as usize)))
+        .flatten()
+        .is_some()
+    {
+        violation(
+            "fltsim: FltCompletePendedPreOperation called for an operation whose pre-op did not \
+             return FLT_PREOP_PENDING"
+                .into(),
+        );
+    }
+    (verdict, completion_context)
+}
+
+/// The pre-op return rules of "`PFLT_PRE_OPERATION_CALLBACK` callback function (fltkernel.h)":
+/// `CompletionContext` is set only with `FLT_PREOP_SUCCESS_WITH_CALLBACK` or `FLT_PREOP_SYNCHRONIZE`
+/// ("Otherwise, it must be NULL"), and `FLT_PREOP_PENDING` "can only be returned for IRP-based I/O
+/// operations".
+fn check_verdict(op: &Operation, verdict: FLT_PREOP_CALLBACK_STATUS, context: *mut c_void) {
+    let may_have_context = matches!(
+        verdict,
+        FLT_PREOP_SUCCESS_WITH_CALLBACK | FLT_PREOP_SYNCHRONIZE
+    );
+    if !context.is_null() && !may_have_context {
+        violation(format!(
+            "fltsim: a pre-operation callback returned {} with a non-NULL CompletionContext: it \
+             must be NULL unless the status is FLT_PREOP_SUCCESS_WITH_CALLBACK or \
+             FLT_PREOP_SYNCHRONIZE",
+            preop_name(verdict)
+        ));
+    }
+    if verdict == FLT_PREOP_PENDING && op.fast_io {
+        violation(
+            "fltsim: a pre-operation callback returned FLT_PREOP_PENDING for a fast I/O operation: \
+             only IRP-based operations can be pended"
+                .into(),
+        );
+    }
+}
+
+/// The name of a pre-op status, for messages.
+fn preop_name(status: FLT_PREOP_CALLBACK_STATUS) -> String {
+    match status {
+        FLT_PREOP_SUCCESS_WITH_CALLBACK => "FLT_PREOP_SUCCESS_WITH_CALLBACK".into(),
+        FLT_PREOP_SUCCESS_NO_CALLBACK => "FLT_PREOP_SUCCESS_NO_CALLBACK".into(),
+        FLT_PREOP_PENDING => "FLT_PREOP_PENDING".into(),
+        FLT_PREOP_DISALLOW_FASTIO => "FLT_PREOP_DISALLOW_FASTIO".into(),
+        FLT_PREOP_COMPLETE => "FLT_PREOP_COMPLETE".into(),
+        FLT_PREOP_SYNCHRONIZE => "FLT_PREOP_SYNCHRONIZE".into(),
+        other => format!("status {other}"),
+    }
+}
+
+/// The outcome of an operation the pre-op completed (`FLT_PREOP_COMPLETE`): its final status may
+/// not be `STATUS_PENDING`, and a cleanup or close cannot fail ("`PFLT_PRE_OPERATION_CALLBACK`
+/// callback function (fltkernel.h)", Returning `FLT_PREOP_COMPLETE`).
+fn completed_by_filter(op: &Operation, data: *mut FLT_CALLBACK_DATA) -> Outcome {
     // SAFETY: `data` is the live callback data of this operation.
     let (status, information) = unsafe {
         (
@@ -415,6 +477,17 @@ fn completed_by_filter(data: *mut FLT_CALLBACK_DATA) -> Outcome {
              needs its final status"
                 .into(),
         );
+    } else if status < 0 && matches!(u32::from(op.major), IRP_MJ_CLEANUP | IRP_MJ_CLOSE) {
+        violation(format!(
+            "fltsim: FLT_PREOP_COMPLETE of an IRP_MJ_{} with failure status {}: cleanup and close \
+             cannot fail",
+            if u32::from(op.major) == IRP_MJ_CLOSE {
+                "CLOSE"
+            } else {
+                "CLEANUP"
+            },
+            hex(status)
+        ));
     }
     Outcome::Done(status, information)
 }
@@ -513,12 +586,15 @@ fn callback_data_state(routine: &str, data: *const FLT_CALLBACK_DATA) -> Option<
     state
 }
 
-/// `FltDoCompletionProcessingWhenSafe`. IRQL <= `DISPATCH_LEVEL`; only in a post-op.
+/// `FltDoCompletionProcessingWhenSafe` ("`FltDoCompletionProcessingWhenSafe` function
+/// (fltkernel.h)"). Any IRQL; only in a post-op, for an IRP-based operation, never while draining.
 ///
-/// Returns FALSE for paging I/O and fast I/O (it cannot post those). At IRQL <= `APC_LEVEL` it calls
-/// `SafePostCallback` at once, on this thread, and returns its status; at `DISPATCH_LEVEL` it runs it
-/// on a worker thread at `PASSIVE_LEVEL` and returns `FLT_POSTOP_MORE_PROCESSING_REQUIRED`, which the
-/// post-op must return; the operation completes when the worker is done.
+/// At IRQL <= `APC_LEVEL` it calls `SafePostCallback` at once, on this thread, stores its status in
+/// `RetPostOperationStatus` and returns TRUE. At `DISPATCH_LEVEL` it posts the callback to a worker
+/// thread at `PASSIVE_LEVEL`, stores `FLT_POSTOP_MORE_PROCESSING_REQUIRED` (which the post-op must
+/// return) and returns TRUE, the operation completing when the worker is done; paging I/O cannot be
+/// posted: it stores `FLT_POSTOP_FINISHED_PROCESSING` and returns FALSE. Calling it for fast I/O, with
+/// `FLTFL_POST_OPERATION_DRAINING`, or outside a post-op is reported.
 ///
 /// # Safety
 /// The arguments must be the post-op's own.
@@ -531,25 +607,33 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
     safepostcallback: PFLT_POST_OPERATION_CALLBACK,
     retpostoperationstatus: *mut FLT_POSTOP_CALLBACK_STATUS,
 ) -> bool {
-    if !irql_at_most("FltDoCompletionProcessingWhenSafe", DISPATCH_LEVEL) {
-        return false;
-    }
-    let Some(state) = callback_data_state("FltDoCompletionProcessingWhenSafe", data) else {
+    const ROUTINE: &str = "FltDoCompletionProcessingWhenSafe";
+    let Some(state) = callback_data_state(ROUTINE, data) else {
         return false;
     };
     let Some(safe) = PostOperation::from_driver(safepostcallback) else {
-        violation("fltsim: FltDoCompletionProcessingWhenSafe: SafePostCallback is NULL".into());
+        violation(format!("fltsim: {ROUTINE}: SafePostCallback is NULL"));
         return false;
     };
-    if !state.post || retpostoperationstatus.is_null() {
-        violation(
-            "fltsim: FltDoCompletionProcessingWhenSafe may only be called from a post-operation \
-             callback, with RetPostOperationStatus"
-                .into(),
-        );
+    if flags & FLTFL_POST_OPERATION_DRAINING != 0 {
+        violation(format!(
+            "fltsim: {ROUTINE} called with FLTFL_POST_OPERATION_DRAINING set: it must never be \
+             called while the instance drains"
+        ));
         return false;
     }
-    if state.irp_flags & IRP_PAGING_IO != 0 || state.fast_io {
+    if !state.post || retpostoperationstatus.is_null() {
+        violation(format!(
+            "fltsim: {ROUTINE} may only be called from a post-operation callback, with \
+             RetPostOperationStatus"
+        ));
+        return false;
+    }
+    if state.fast_io {
+        violation(format!(
+            "fltsim: {ROUTINE} called for a fast I/O operation: it can only be called for \
+             IRP-based operations"
+        ));
         return false;
     }
     let data = data.cast_mut();
@@ -561,6 +645,11 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
         // SAFETY: checked non-null; the caller's output variable.
         unsafe { retpostoperationstatus.write(status) };
         return true;
+    }
+    if state.irp_flags & IRP_PAGING_IO != 0 {
+        // SAFETY: checked non-null; the caller's output variable.
+        unsafe { retpostoperationstatus.write(FLT_POSTOP_FINISHED_PROCESSING) };
+        return false;
     }
     let (data_address, objects, context) = (
         data as usize,
@@ -587,8 +676,10 @@ pub unsafe extern "system" fn FltDoCompletionProcessingWhenSafe(
     true
 }
 
-/// `FltCompletePendedPreOperation`: resumes an operation whose pre-op returned
-/// `FLT_PREOP_PENDING` (possibly before that pre-op has returned). IRQL <= `DISPATCH_LEVEL`.
+/// `FltCompletePendedPreOperation` ("`FltCompletePendedPreOperation` function (fltkernel.h)"):
+/// resumes an operation whose pre-op returned `FLT_PREOP_PENDING` (possibly before that pre-op has
+/// returned). IRQL <= `DISPATCH_LEVEL` with `FLT_PREOP_COMPLETE`, else <= `APC_LEVEL`; `Context`
+/// must be NULL unless the status is `FLT_PREOP_SUCCESS_WITH_CALLBACK`.
 ///
 /// # Safety
 /// `callbackdata` must be the pended operation's.
@@ -598,8 +689,20 @@ pub unsafe extern "system" fn FltCompletePendedPreOperation(
     callbackstatus: FLT_PREOP_CALLBACK_STATUS,
     context: *const c_void,
 ) {
-    if !irql_at_most("FltCompletePendedPreOperation", DISPATCH_LEVEL) {
+    const ROUTINE: &str = "FltCompletePendedPreOperation";
+    let ceiling = if callbackstatus == FLT_PREOP_COMPLETE {
+        DISPATCH_LEVEL
+    } else {
+        APC_LEVEL
+    };
+    if !irql_at_most(ROUTINE, ceiling) {
         return;
+    }
+    if !context.is_null() && callbackstatus != FLT_PREOP_SUCCESS_WITH_CALLBACK {
+        violation(format!(
+            "fltsim: {ROUTINE} with status {callbackstatus} and a non-NULL Context: Context must \
+             be NULL unless the status is FLT_PREOP_SUCCESS_WITH_CALLBACK"
+        ));
     }
     let done = world::with(|w| match w.pended.get_mut(&(callbackdata as usize)) {
         Some(slot @ None) => {
@@ -612,8 +715,8 @@ pub unsafe extern "system" fn FltCompletePendedPreOperation(
         world::notify();
     } else {
         violation(format!(
-            "fltsim: FltCompletePendedPreOperation: callback data {:#x} is not a pended operation \
-             (not pended, or completed twice)",
+            "fltsim: {ROUTINE}: callback data {:#x} is not a pended operation (not pended, or \
+             completed twice)",
             callbackdata as usize
         ));
     }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use windows_sys::Wdk::Foundation::IRP;
 use windows_sys::Win32::Foundation::UNICODE_STRING;
 use windows_sys::Win32::System::Diagnostics::Debug::BUGCHECK_ERROR;
 use windows_sys::core::PCSTR;
@@ -46,6 +47,51 @@ pub(crate) fn reset() {
 #[must_use]
 pub fn debug_log() -> Vec<DebugLine> {
     log().clone()
+}
+
+/// `FSRTL_FSP_TOP_LEVEL_IRP` (ntifs.h): the thread is in a recursive call of a file system.
+pub const FSRTL_FSP_TOP_LEVEL_IRP: usize = 0x01;
+/// `FSRTL_CACHE_TOP_LEVEL_IRP` (ntifs.h): the cache manager is the top-level component (the lazy
+/// writer, read-ahead).
+pub const FSRTL_CACHE_TOP_LEVEL_IRP: usize = 0x02;
+
+thread_local! {
+    /// The thread's `TopLevelIrp` (`IoGetTopLevelIrp`): 0, or one of the `FSRTL_*_TOP_LEVEL_IRP`.
+    static TOP_LEVEL_IRP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the calling thread's top-level IRP set to `FSRTL_FSP_TOP_LEVEL_IRP`, as when the
+/// I/O is issued from inside a file system: file-system recursion is then unsafe, and
+/// `FltGetFileNameInformation` (unless the name is cached) and `FltQueryInformationFile` refuse
+/// ("`IoGetTopLevelIrp` function (ntifs.h)").
+pub fn with_top_level_irp<R>(f: impl FnOnce() -> R) -> R {
+    with_top_level(FSRTL_FSP_TOP_LEVEL_IRP, f)
+}
+
+/// Runs `f` with the calling thread's top-level IRP set to `value`.
+pub(crate) fn with_top_level<R>(value: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TOP_LEVEL_IRP.with(|set| set.set(self.0));
+        }
+    }
+    let _restore = Restore(TOP_LEVEL_IRP.with(|set| set.replace(value)));
+    f()
+}
+
+/// Whether the calling thread's top-level IRP is set ([`with_top_level_irp`]).
+pub(crate) fn top_level_irp_set() -> bool {
+    TOP_LEVEL_IRP.with(std::cell::Cell::get) != 0
+}
+
+/// `IoGetTopLevelIrp` ("`IoGetTopLevelIrp` function (ntifs.h)"): the thread's `TopLevelIrp`, NULL
+/// unless the I/O runs inside a file system ([`with_top_level_irp`]) or for the cache manager (the
+/// lazy writer's paging writes: `FSRTL_CACHE_TOP_LEVEL_IRP`). IRQL <= `DISPATCH_LEVEL`.
+#[unsafe(no_mangle)]
+pub extern "system" fn IoGetTopLevelIrp() -> *mut IRP {
+    irql::check_max("IoGetTopLevelIrp", irql::DISPATCH_LEVEL);
+    std::ptr::with_exposed_provenance_mut(TOP_LEVEL_IRP.with(std::cell::Cell::get))
 }
 
 /// `KeBugCheckEx`: stops the machine. Here: panics with the code and the four parameters in hex,
@@ -136,6 +182,10 @@ pub unsafe extern "system" fn vDbgPrintEx(
     0
 }
 
+const _: [unsafe extern "system" fn() -> *mut IRP; 2] = [
+    IoGetTopLevelIrp,
+    windows_sys::Wdk::System::SystemServices::IoGetTopLevelIrp,
+];
 const _: [unsafe extern "system" fn(BUGCHECK_ERROR, usize, usize, usize, usize); 2] = [
     KeBugCheckEx,
     windows_sys::Wdk::System::SystemServices::KeBugCheckEx,

@@ -14,6 +14,7 @@
 mod abi;
 pub mod apc;
 pub mod bugcheck;
+mod cachemgr;
 mod callback;
 mod context;
 mod data;
@@ -49,6 +50,7 @@ mod volume;
 mod world;
 
 pub use abi::DriverEntry;
+pub use cachemgr::{CloseTiming, MAX_DEFERRED_CLOSES, StreamFileObject};
 pub use context::FLT_VARIABLE_SIZED_CONTEXTS;
 pub use file::{FileHandle, IoResult, OpenOptions};
 pub use names::FILE_NAME_TAG;

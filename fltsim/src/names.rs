@@ -1,23 +1,30 @@
 //! File names: `FltGetFileNameInformation`, `FltReferenceFileNameInformation`,
 //! `FltReleaseFileNameInformation` and `FltParseFileNameInformation`.
 
+use std::collections::HashMap;
 use std::mem::size_of;
+use std::sync::Mutex;
 
+use windows_sys::Wdk::Foundation::FILE_OBJECT;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
-    FLT_CALLBACK_DATA, FLT_FILE_NAME_INFORMATION, FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_SHORT,
-    FLTFL_FILE_NAME_PARSED_EXTENSION, FLTFL_FILE_NAME_PARSED_FINAL_COMPONENT,
-    FLTFL_FILE_NAME_PARSED_PARENT_DIR, FLTFL_FILE_NAME_PARSED_STREAM,
+    FLT_CALLBACK_DATA, FLT_FILE_NAME_DO_NOT_CACHE, FLT_FILE_NAME_INFORMATION,
+    FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_QUERY_ALWAYS_ALLOW_CACHE_LOOKUP,
+    FLT_FILE_NAME_QUERY_CACHE_ONLY, FLT_FILE_NAME_QUERY_DEFAULT,
+    FLT_FILE_NAME_QUERY_FILESYSTEM_ONLY, FLT_FILE_NAME_SHORT, FLTFL_FILE_NAME_PARSED_EXTENSION,
+    FLTFL_FILE_NAME_PARSED_FINAL_COMPONENT, FLTFL_FILE_NAME_PARSED_PARENT_DIR,
+    FLTFL_FILE_NAME_PARSED_STREAM,
 };
-use windows_sys::Wdk::System::SystemServices::{IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_PAGING_IO};
+use windows_sys::Wdk::System::SystemServices::{FO_CLEANUP_COMPLETE, IRP_MJ_CREATE, IRP_PAGING_IO};
 use windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_FLT_INVALID_NAME_REQUEST, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_SUCCESS, UNICODE_STRING,
+    NTSTATUS, STATUS_FLT_INVALID_NAME_REQUEST, STATUS_FLT_NAME_CACHE_MISS,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+    UNICODE_STRING,
 };
 
 use crate::filter::unicode;
 use crate::irql::APC_LEVEL;
 use crate::verifier::{invalid_handle, irql_at_most, violation};
-use crate::world::{self, NameInfo};
+use crate::world::{self, CallbackDataState, NameInfo, lock_ignoring_poison};
 
 /// Owns a `FLT_FILE_NAME_INFORMATION` and the buffer its strings point into.
 pub(crate) struct NameStorage {
@@ -96,26 +103,74 @@ impl NameStorage {
     }
 }
 
+/// Name format flags (`FLT_FILE_NAME_*` formats) mask.
+const FORMAT_MASK: u32 = 0xFF;
+/// Query method mask (the methods are values, not bits).
+const QUERY_MASK: u32 = 0xFF00;
+
 /// The pool tag the fault plan ([`crate::pool::set_fault_injection`]) sees for the name information
 /// `FltGetFileNameInformation` allocates when it queries the file system (Filter Manager's paged
 /// allocation; fltsim does not charge it to the driver's pool).
 pub const FILE_NAME_TAG: u32 = u32::from_le_bytes(*b"FMfn");
 
-/// Name format flags (`FLT_FILE_NAME_*` formats) mask.
-const FORMAT_MASK: u32 = 0xFF;
-/// Query method flags mask.
-const QUERY_MASK: u32 = 0xFF00;
+/// What Filter Manager's name cache holds: names found by earlier queries that were allowed to
+/// cache them, by volume and stream (normalized) or by file object (opened names, which depend on
+/// how the file was opened).
+#[derive(Default)]
+struct Cache {
+    normalized: HashMap<(isize, u128), String>,
+    opened: HashMap<usize, String>,
+}
 
-/// `FltGetFileNameInformation`: normalized or opened names, allocated and reference-counted by
-/// fltsim (release each with `FltReleaseFileNameInformation`; leaks are reported). IRQL <= `APC_LEVEL`.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    f(lock_ignoring_poison(&CACHE).get_or_insert_with(Cache::default))
+}
+
+/// Forgets the name cache: called when a new [`crate::Sim`] starts.
+pub(crate) fn reset() {
+    *lock_ignoring_poison(&CACHE) = None;
+}
+
+/// Why querying the file system for a name is unsafe now, if it is ("`FltGetFileNameInformation`
+/// function (fltkernel.h)", `STATUS_FLT_INVALID_NAME_REQUEST`).
+fn unsafe_to_query(state: &CallbackDataState, file_object: usize) -> Option<&'static str> {
+    // SAFETY: the file object of an operation in progress is live for the operation.
+    let flags = unsafe { (*(file_object as *const FILE_OBJECT)).Flags };
+    if state.irp_flags & IRP_PAGING_IO != 0 {
+        Some("paging I/O")
+    } else if crate::kernel::top_level_irp_set() {
+        Some("the thread's top-level IRP is set")
+    } else if flags & FO_CLEANUP_COMPLETE != 0 {
+        Some("after cleanup (post-cleanup, pre-close or post-close)")
+    } else if crate::irql::current() >= APC_LEVEL {
+        Some("all APCs are disabled (IRQL APC_LEVEL)")
+    } else {
+        None
+    }
+}
+
+/// `FltGetFileNameInformation` ("`FltGetFileNameInformation` function (fltkernel.h)"): normalized
+/// and opened names, reference-counted by fltsim (release each with `FltReleaseFileNameInformation`;
+/// leaks are reported). IRQL <= `APC_LEVEL`.
 ///
-/// `STATUS_FLT_INVALID_NAME_REQUEST` for paging I/O, in post-close, and in a post-create whose
-/// create failed; `STATUS_INVALID_PARAMETER` without exactly one format and one query method;
-/// `FLT_FILE_NAME_SHORT` is not modeled (`STATUS_NOT_SUPPORTED`). No name cache is simulated:
-/// every query method queries the file system, which allocates the name information; the fault
-/// plan can fail that (`STATUS_INSUFFICIENT_RESOURCES`, tag [`FILE_NAME_TAG`]). A normalized name is
-/// the path of the name (hard link) the file was opened by, as it is now, with the stream's name for
-/// a named stream (`\dir\file.txt:stream`, "`FLT_FILE_NAME_INFORMATION` structure (fltkernel.h)").
+/// Exactly one format and one query method, or `STATUS_INVALID_PARAMETER`; `FLT_FILE_NAME_SHORT` is
+/// not modeled (`STATUS_NOT_SUPPORTED`). A name cache is simulated: `FLT_FILE_NAME_QUERY_DEFAULT`
+/// and `..._ALWAYS_ALLOW_CACHE_LOOKUP` look in it first and cache what they find (unless
+/// `FLT_FILE_NAME_DO_NOT_CACHE`); `..._CACHE_ONLY` never queries the file system and misses with
+/// `STATUS_FLT_NAME_CACHE_MISS`; `..._FILESYSTEM_ONLY` neither reads nor fills the cache. A rename
+/// makes the cached normalized name stale (dropped). A normalized name is the path of the name
+/// (hard link) the file was opened by, as it is now, with the stream's name for a named stream.
+/// Every call is counted in the volume's [`crate::Counters`].
+///
+/// When the cache cannot answer, the query fails with `STATUS_FLT_INVALID_NAME_REQUEST` in paging
+/// I/O, with the thread's top-level IRP set ([`crate::kernel::with_top_level_irp`]), after cleanup
+/// (the file object has `FO_CLEANUP_COMPLETE`: post-cleanup, pre-close, post-close), and with all
+/// APCs disabled (IRQL `APC_LEVEL`); `ALWAYS_ALLOW_CACHE_LOOKUP` then gives
+/// `STATUS_FLT_NAME_CACHE_MISS`. A post-create of a failed create has no file to name. Querying the
+/// file system allocates the name information, which the fault plan can fail
+/// (`STATUS_INSUFFICIENT_RESOURCES`, tag [`FILE_NAME_TAG`]).
 ///
 /// # Safety
 /// `filenameinformation` must be valid for a write.
@@ -125,6 +180,7 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     nameoptions: u32,
     filenameinformation: *mut *mut FLT_FILE_NAME_INFORMATION,
 ) -> NTSTATUS {
+    crate::pause::on_call("FltGetFileNameInformation");
     if !irql_at_most("FltGetFileNameInformation", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
@@ -151,36 +207,31 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     });
     let format = nameoptions & FORMAT_MASK;
     let method = nameoptions & QUERY_MASK;
-    if !(FLT_FILE_NAME_NORMALIZED..=FLT_FILE_NAME_SHORT).contains(&format) || method == 0 {
+    let methods = [
+        FLT_FILE_NAME_QUERY_DEFAULT,
+        FLT_FILE_NAME_QUERY_CACHE_ONLY,
+        FLT_FILE_NAME_QUERY_FILESYSTEM_ONLY,
+        FLT_FILE_NAME_QUERY_ALWAYS_ALLOW_CACHE_LOOKUP,
+    ];
+    if !(FLT_FILE_NAME_NORMALIZED..=FLT_FILE_NAME_SHORT).contains(&format)
+        || !methods.contains(&method)
+    {
         return STATUS_INVALID_PARAMETER;
     }
     if format == FLT_FILE_NAME_SHORT {
         return STATUS_NOT_SUPPORTED;
     }
-    let post_close = state.post && u32::from(state.major) == IRP_MJ_CLOSE;
-    let failed_create = state.post && u32::from(state.major) == IRP_MJ_CREATE && state.status < 0;
-    if state.irp_flags & IRP_PAGING_IO != 0 || post_close || failed_create {
+    if state.post && u32::from(state.major) == IRP_MJ_CREATE && state.status < 0 {
         return STATUS_FLT_INVALID_NAME_REQUEST;
     }
-    let names = world::with(|w| {
-        let fo = w.file_objects.get(&state.file_object)?;
-        let (volume, opened_path) = (fo.volume, fo.path.clone());
-        let stored = crate::file::current_path(w, state.file_object);
-        let v = w.volume(volume)?;
-        Some((v.spec.name.clone(), opened_path, stored))
-    });
-    let Some((volume_name, opened_path, stored)) = names else {
+    let Some(names) = current_names(state.file_object) else {
         return STATUS_INVALID_PARAMETER;
     };
-    let path = if format == FLT_FILE_NAME_NORMALIZED {
-        stored.unwrap_or(opened_path)
-    } else {
-        opened_path
+    let path = match lookup(&names, nameoptions, &state) {
+        Ok(path) => path,
+        Err(status) => return status,
     };
-    if crate::pool::inject_failure(FILE_NAME_TAG) {
-        return STATUS_INSUFFICIENT_RESOURCES;
-    }
-    let storage = NameStorage::new(&volume_name, &path, format);
+    let storage = NameStorage::new(&names.volume_name, &path, format);
     let address = storage.address();
     world::with(|w| {
         w.names.insert(
@@ -194,6 +245,99 @@ pub unsafe extern "system" fn FltGetFileNameInformation(
     // SAFETY: checked non-null; the caller's output variable.
     unsafe { filenameinformation.write(address as *mut FLT_FILE_NAME_INFORMATION) };
     STATUS_SUCCESS
+}
+
+/// What the file system would answer about a file object now.
+struct Names {
+    file_object: usize,
+    volume: isize,
+    volume_name: String,
+    stream: Option<u128>,
+    opened: String,
+    /// The file's name now (after renames), once the file system opened it.
+    stored: Option<String>,
+}
+
+fn current_names(file_object: usize) -> Option<Names> {
+    world::with(|w| {
+        let fo = w.file_objects.get(&file_object)?;
+        let (volume, stream, opened) = (fo.volume, fo.stream, fo.path.clone());
+        // The name (hard link) the file was opened by, as it is now, with the stream's name for a
+        // named stream (`\dir\file.txt:stream`, "`FLT_FILE_NAME_INFORMATION` structure
+        // (fltkernel.h)").
+        let stored = crate::file::current_path(w, file_object);
+        let v = w.volume(volume)?;
+        Some(Names {
+            file_object,
+            volume,
+            volume_name: v.spec.name.clone(),
+            stream,
+            opened,
+            stored,
+        })
+    })
+}
+
+/// The path part of the name asked for: from the cache, or from the file system when that is safe
+/// and the method allows it.
+fn lookup(names: &Names, options: u32, state: &CallbackDataState) -> Result<String, NTSTATUS> {
+    let (format, method) = (options & FORMAT_MASK, options & QUERY_MASK);
+    let normalized = format == FLT_FILE_NAME_NORMALIZED;
+    let fresh = if normalized {
+        names.stored.clone().unwrap_or_else(|| names.opened.clone())
+    } else {
+        names.opened.clone()
+    };
+    let cached = with_cache(|cache| {
+        if normalized {
+            let key = (names.volume, names.stream?);
+            let hit = cache.normalized.get(&key)?.clone();
+            if Some(&hit) != names.stored.as_ref() {
+                cache.normalized.remove(&key);
+                return None;
+            }
+            Some(hit)
+        } else {
+            cache
+                .opened
+                .get(&names.file_object)
+                .filter(|hit| **hit == names.opened)
+                .cloned()
+        }
+    });
+    if method != FLT_FILE_NAME_QUERY_FILESYSTEM_ONLY
+        && let Some(hit) = cached
+    {
+        return Ok(hit);
+    }
+    if method == FLT_FILE_NAME_QUERY_CACHE_ONLY {
+        return Err(STATUS_FLT_NAME_CACHE_MISS);
+    }
+    if unsafe_to_query(state, names.file_object).is_some() {
+        return Err(if method == FLT_FILE_NAME_QUERY_ALWAYS_ALLOW_CACHE_LOOKUP {
+            STATUS_FLT_NAME_CACHE_MISS
+        } else {
+            STATUS_FLT_INVALID_NAME_REQUEST
+        });
+    }
+    if crate::pool::inject_failure(FILE_NAME_TAG) {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    let fills_cache = method != FLT_FILE_NAME_QUERY_FILESYSTEM_ONLY
+        && names.stream.is_some()
+        && options & FLT_FILE_NAME_DO_NOT_CACHE == 0;
+    if fills_cache {
+        with_cache(|cache| {
+            if let (true, Some(stream)) = (normalized, names.stream) {
+                cache
+                    .normalized
+                    .insert((names.volume, stream), fresh.clone());
+            } else if !normalized {
+                cache.opened.insert(names.file_object, fresh.clone());
+            }
+        });
+    }
+    Ok(fresh)
 }
 
 /// Adjusts the references of a name information; `None` if it is not live.

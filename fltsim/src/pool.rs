@@ -167,6 +167,8 @@ struct Pool {
     /// Generator state for [`FaultPlan::Rate`].
     rng: u64,
     injected: u64,
+    /// The largest successful request per tag and kind of pool, this session.
+    largest: HashMap<(u32, bool), usize>,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -254,6 +256,27 @@ pub fn outstanding_by_pool() -> Vec<PoolUsage> {
             count,
         })
         .collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// The largest single allocation made this session (freed or not) per tag and kind of pool:
+/// `PoolUsage` rows whose `bytes` is that largest request and whose `count` is 1, sorted by tag,
+/// nonpaged first. Lets a test check a bound on allocation sizes (e.g. that no table block is larger
+/// than a page multiple it expects), which outstanding totals cannot show.
+#[must_use]
+pub fn largest_allocations() -> Vec<PoolUsage> {
+    let mut rows: Vec<_> = with_pool(|pool| {
+        pool.largest
+            .iter()
+            .map(|(&(tag, paged), &bytes)| PoolUsage {
+                tag,
+                paged,
+                bytes,
+                count: 1,
+            })
+            .collect()
+    });
     rows.sort_unstable();
     rows
 }
@@ -365,6 +388,8 @@ pub(crate) fn allocate(flags: u64, size: usize, tag: u32) -> *mut c_void {
         return fail(flags, "the host is out of memory");
     }
     let address = block.addr();
+    let largest = pool.largest.entry((tag, paged)).or_default();
+    *largest = (*largest).max(size);
     pool.freed.remove(&address);
     pool.live.insert(
         address,

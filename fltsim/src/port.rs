@@ -30,7 +30,7 @@ use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 use crate::Sim;
 use crate::abi::{ConnectNotify, DisconnectNotify, MessageNotify};
 use crate::callback::call_at;
-use crate::irql::PASSIVE_LEVEL;
+use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
 use crate::usermem::{self, Access, UNMAPPED_BASE, UNMAPPED_LIMIT};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
 use crate::world::{self, Anchor, ClientPort, FilterState, ServerPort};
@@ -43,7 +43,8 @@ pub const FLT_PORT_ALL_ACCESS: u32 = 0x0001 | 0x001F_0000;
 const DESCRIPTOR_BYTES: usize = 64;
 
 /// `FltBuildDefaultSecurityDescriptor`: a descriptor granting `DesiredAccess` to administrators
-/// and SYSTEM, to free with `FltFreeSecurityDescriptor`. IRQL `PASSIVE_LEVEL`.
+/// and SYSTEM, to free with `FltFreeSecurityDescriptor`. IRQL <= `APC_LEVEL`
+/// ("`FltBuildDefaultSecurityDescriptor` function (fltkernel.h)").
 ///
 /// # Safety
 /// `securitydescriptor` must be valid for a write.
@@ -52,7 +53,7 @@ pub unsafe extern "system" fn FltBuildDefaultSecurityDescriptor(
     securitydescriptor: *mut PSECURITY_DESCRIPTOR,
     desiredaccess: u32,
 ) -> NTSTATUS {
-    if !irql_at_most("FltBuildDefaultSecurityDescriptor", PASSIVE_LEVEL) {
+    if !irql_at_most("FltBuildDefaultSecurityDescriptor", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
     if securitydescriptor.is_null() || desiredaccess == 0 {
@@ -68,13 +69,14 @@ pub unsafe extern "system" fn FltBuildDefaultSecurityDescriptor(
     STATUS_SUCCESS
 }
 
-/// `FltFreeSecurityDescriptor`. IRQL `PASSIVE_LEVEL`.
+/// `FltFreeSecurityDescriptor`. IRQL <= `APC_LEVEL` ("`FltFreeSecurityDescriptor` function
+/// (fltkernel.h)").
 ///
 /// # Safety
 /// None beyond the routine's contract; an unknown descriptor is reported.
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn FltFreeSecurityDescriptor(securitydescriptor: PSECURITY_DESCRIPTOR) {
-    if !irql_at_most("FltFreeSecurityDescriptor", PASSIVE_LEVEL) {
+    if !irql_at_most("FltFreeSecurityDescriptor", APC_LEVEL) {
         return;
     }
     let known = world::with(|w| {

@@ -108,8 +108,10 @@ fn open_node(
 /// Other classes, and `FileIdInformation` on FAT, exFAT and CDFS, return
 /// `STATUS_INVALID_PARAMETER`; a buffer shorter than the class's structure returns
 /// `STATUS_INFO_LENGTH_MISMATCH`. On `ReFS` `FileInternalInformation` gives the low 64 bits of the
-/// 128-bit id. Calling it with normal kernel APCs disabled (a push lock held across a call that
-/// re-enters the file system) is reported.
+/// 128-bit id. "`FltQueryInformationFile` function (fltkernel.h)": callers run "at IRQL =
+/// `PASSIVE_LEVEL` and with APCs enabled", and not "with a non-NULL top level IRP value, as this can
+/// cause a system deadlock": a call with normal kernel APCs disabled (a push lock held across a call
+/// that re-enters the file system) or with the top-level IRP set is reported.
 ///
 /// # Safety
 /// `fileinformation` must be valid for `length` bytes and 8-byte aligned; `lengthreturned` NULL or
@@ -127,13 +129,21 @@ pub unsafe extern "system" fn FltQueryInformationFile(
         return STATUS_INVALID_PARAMETER;
     }
     if crate::apc::normal_kernel_apcs_disabled() > 0 {
-        world::with(|w| {
-            w.findings.push(
-                "FltQueryInformationFile called with normal kernel APCs disabled (a push lock held \
-                 across a call that re-enters the file system can deadlock)"
-                    .into(),
-            );
-        });
+        violation(
+            "fltsim: FltQueryInformationFile called with normal kernel APCs disabled: callers must \
+             run with APCs enabled (a push lock held across a call that re-enters the file system \
+             can deadlock)"
+                .into(),
+        );
+        return STATUS_INVALID_PARAMETER;
+    }
+    if crate::kernel::top_level_irp_set() {
+        violation(
+            "fltsim: FltQueryInformationFile called with the thread's top-level IRP set (file \
+             system recursion from there can deadlock)"
+                .into(),
+        );
+        return STATUS_INVALID_PARAMETER;
     }
     let (node, fs, serial, answer) =
         match open_node("FltQueryInformationFile", instance, fileobject) {

@@ -68,6 +68,8 @@ impl Sim {
         crate::service::reset();
         crate::hang::reset();
         crate::pause::reset();
+        crate::names::reset();
+        crate::cachemgr::reset();
         world::reset();
         verifier::reset();
         Self {
@@ -226,6 +228,8 @@ impl Sim {
     /// `STATUS_VOLUME_DISMOUNTED`.
     pub fn remove_volume(&self, volume: Volume) {
         let _exit = checked();
+        // A dismount flushes the volume's cached data and the cache manager lets its file objects go.
+        crate::cachemgr::lazy_writer(Some(volume.0));
         let instance = world::with(|w| {
             if let Some(v) = w.volume(volume.0) {
                 v.removed = true;

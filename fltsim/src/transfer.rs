@@ -364,10 +364,16 @@ impl FileHandle<'_> {
             count_fast_io(volume, refused.get(), outcome, reached.get());
         }
         if refused.get() {
-            Outcome::FastIoDisallowed
-        } else {
-            outcome
+            return Outcome::FastIoDisallowed;
         }
+        let through_cache = !matches!(path, Path::NonCached | Path::Paging) && !completion;
+        if let (Direction::Write, true, Outcome::Done(status, written)) =
+            (direction, through_cache, outcome)
+            && status >= 0
+        {
+            crate::cachemgr::dirtied(file_object, volume, offset, written as u64);
+        }
+        outcome
     }
 
     fn lock_control(&mut self, minor: u32, offset: u64, length: u64, exclusive: bool) -> IoResult {
@@ -463,6 +469,79 @@ fn count_fast_io(volume: isize, refused: bool, outcome: Outcome, reached: bool) 
                 v.counters.fast_io += 1;
             }
         }
+    });
+}
+
+/// A paging read or write (`IRP_PAGING_IO | IRP_NOCACHE`) of `length` bytes at `offset` through
+/// `file_object`, which has no handle of its own: a cleaned-up file object the cache manager
+/// flushes through (the lazy writer), or a stream file object (`crate::cachemgr`). A write carries
+/// the stream's bytes as they are (a flush of cached data writes what the cache holds, and fltsim's
+/// cache and disk are one copy), so it changes no data; it never extends the file.
+pub(crate) fn paging(
+    volume: isize,
+    file_object: *mut windows_sys::Wdk::Foundation::FILE_OBJECT,
+    write: bool,
+    offset: u64,
+    length: u32,
+) -> IoResult {
+    let mut buffer = vec![0_u8; usize::try_from(length).unwrap_or(0)];
+    let address = file_object as usize;
+    if write {
+        current_bytes(volume, address, offset, &mut buffer);
+    }
+    let direction = if write {
+        Direction::Write
+    } else {
+        Direction::Read
+    };
+    let (code, parameters, irp_flags) =
+        parameters_for(direction, Path::Paging, length, offset, buffer.as_mut_ptr());
+    let op = Operation {
+        major: pseudo_major(code),
+        minor: 0,
+        irp_flags,
+        stack_flags: 0,
+        fast_io: false,
+        file_object,
+        volume,
+        parameters,
+    };
+    let ours = buffer.as_mut_ptr();
+    let ours_length = buffer.len() as u64;
+    let outcome = perform(&op, &mut |p| {
+        let (length, offset, theirs) = lengths(direction, Path::Paging, p);
+        let (target, length) = if theirs.is_null() || theirs == ours {
+            (ours, length.min(ours_length))
+        } else {
+            (theirs, length)
+        };
+        let request = Request {
+            direction,
+            path: Path::Paging,
+            length,
+            offset,
+            buffer: target,
+        };
+        transfer_in_file_system(volume, address, request)
+    });
+    drop(buffer);
+    result(outcome)
+}
+
+/// Copies the bytes of `file_object`'s stream at `offset` into `buffer` (as far as they go).
+fn current_bytes(volume: isize, file_object: usize, offset: u64, buffer: &mut [u8]) {
+    world::with(|w| {
+        let (node, stream) = w
+            .file_objects
+            .get(&file_object)
+            .and_then(|f| Some((f.node?, f.stream?)))?;
+        let data = w
+            .volume(volume)?
+            .files
+            .node(node)?
+            .data_of(stream_index(stream))?;
+        data.read(offset, buffer);
+        Some(())
     });
 }
 

@@ -22,7 +22,7 @@ use windows_sys::Win32::System::Ioctl::{
 
 use crate::irql::{APC_LEVEL, PASSIVE_LEVEL};
 use crate::verifier::{invalid_handle, irql_at_most, violation};
-use crate::world;
+use crate::world::{self, InstanceState};
 
 /// The file system of a simulated volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,11 +236,14 @@ impl Volume {
     }
 }
 
-/// The spec of the live volume `volume`.
+/// The spec of the live volume `volume`: mounted, or dismounted while an instance of the filter is
+/// still attached or tearing down on it (the instance keeps the volume object alive, so the volume
+/// routines work in the teardown callbacks of a dismount).
 fn spec_of(volume: PFLT_VOLUME) -> Option<VolumeSpec> {
     world::with(|w| {
+        let attached = w.instance_on(volume).is_some();
         w.volume(volume)
-            .filter(|v| !v.removed)
+            .filter(|v| !v.removed || attached)
             .map(|v| v.spec.clone())
     })
 }
@@ -298,7 +301,7 @@ pub unsafe extern "system" fn FltGetVolumeName(
 }
 
 /// `FltGetVolumeProperties`: the fixed part, then the three names packed after it.
-/// IRQL `PASSIVE_LEVEL`.
+/// IRQL <= `APC_LEVEL` ("`FltGetVolumeProperties` function (fltkernel.h)").
 ///
 /// Shorter than the fixed part: `STATUS_BUFFER_TOO_SMALL`; room for the fixed part but not the
 /// names: the fixed part is filled and `STATUS_BUFFER_OVERFLOW` returned. `LengthReturned` gets the
@@ -314,7 +317,7 @@ pub unsafe extern "system" fn FltGetVolumeProperties(
     volumepropertieslength: u32,
     lengthreturned: *mut u32,
 ) -> NTSTATUS {
-    if !irql_at_most("FltGetVolumeProperties", PASSIVE_LEVEL) {
+    if !irql_at_most("FltGetVolumeProperties", APC_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
     let Some(spec) = spec_of(volume) else {
@@ -384,7 +387,9 @@ pub unsafe extern "system" fn FltGetVolumeProperties(
     STATUS_SUCCESS
 }
 
-/// `FltIsVolumeWritable`: `FltObject` is a volume or an instance. IRQL <= `APC_LEVEL`.
+/// `FltIsVolumeWritable`: `FltObject` is a volume or an instance (a torn-down instance is a stale
+/// handle). IRQL `PASSIVE_LEVEL` ("`FltIsVolumeWritable` function (fltkernel.h)": it sends
+/// `IOCTL_DISK_IS_WRITABLE` to the storage device).
 ///
 /// # Safety
 /// `iswritable` must be valid for a write.
@@ -393,11 +398,15 @@ pub unsafe extern "system" fn FltIsVolumeWritable(
     fltobject: *const std::ffi::c_void,
     iswritable: *mut bool,
 ) -> NTSTATUS {
-    if !irql_at_most("FltIsVolumeWritable", APC_LEVEL) {
+    if !irql_at_most("FltIsVolumeWritable", PASSIVE_LEVEL) {
         return STATUS_INVALID_PARAMETER;
     }
     let handle = fltobject as isize;
-    let volume = world::with(|w| w.instances.get(&handle).map_or(handle, |i| i.volume));
+    let volume = world::with(|w| match w.instances.get(&handle) {
+        Some(i) if i.state == InstanceState::Gone => 0,
+        Some(i) => i.volume,
+        None => handle,
+    });
     let Some(spec) = spec_of(volume) else {
         invalid_handle("FltIsVolumeWritable", "volume or instance", handle);
         return STATUS_INVALID_PARAMETER;

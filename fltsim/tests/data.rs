@@ -227,11 +227,14 @@ fn counters_show_the_queries_an_operation_caused_and_name_queries_can_be_failed(
         }
     );
     drop(h);
+    // Another file, whose name is not in Filter Manager's name cache: the query goes to the file
+    // system, and the fault plan fails it.
+    sim.create_file(v, r"\g", 10);
     set_fault_injection(FaultPlan::EveryNth {
         n: 1,
         tag: Some(FILE_NAME_TAG),
     });
-    drop(sim.open(v, r"\f", OpenOptions::open()).unwrap());
+    drop(sim.open(v, r"\g", OpenOptions::open()).unwrap());
     set_fault_injection(FaultPlan::Off);
     assert_eq!(
         *statuses.lock().unwrap(),

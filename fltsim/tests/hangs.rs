@@ -148,8 +148,7 @@ fn a_teardown_waiting_for_a_callback_that_waits_for_the_tearing_down_thread_is_a
             FILTER_LOCK.store(lock.addr(), Ordering::SeqCst);
             configure(Config {
                 post: Some(Arc::new(|data, _, _, _| {
-                    // SAFETY: callback data from Filter Manager.
-                    if unsafe { (*(*data).Iopb).MajorFunction } == CREATE {
+                    if common::major_of(data) == CREATE {
                         let lock = Lock(ptr::with_exposed_provenance_mut(
                             FILTER_LOCK.load(Ordering::SeqCst),
                         ));
@@ -208,8 +207,7 @@ fn a_teardown_draining_longer_than_the_bound_is_a_hang() {
         set_wait_limit(Duration::from_millis(200));
         configure(Config {
             pre: Some(Arc::new(|data, _, _| {
-                // SAFETY: callback data from Filter Manager.
-                if unsafe { (*(*data).Iopb).MajorFunction } == common::READ {
+                if common::major_of(data) == common::READ {
                     return FLT_PREOP_PENDING;
                 }
                 FLT_PREOP_SUCCESS_WITH_CALLBACK
@@ -248,8 +246,7 @@ fn the_report_shows_each_hold_with_its_routine_and_callback() {
     let slot = Arc::clone(&seen);
     configure(Config {
         post: Some(Arc::new(move |data, _, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            if unsafe { (*(*data).Iopb).MajorFunction } == CREATE {
+            if common::major_of(data) == CREATE {
                 let lock = Lock(ptr::with_exposed_provenance_mut(
                     FILTER_LOCK.load(Ordering::SeqCst),
                 ));

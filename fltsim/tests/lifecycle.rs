@@ -325,7 +325,7 @@ fn invalid_context_registrations_are_rejected() {
     let sim = Sim::new();
     let broken: [fn(&mut FLT_CONTEXT_REGISTRATION); 3] = [
         |c| c.ContextType = 0x0100,
-        |c| c.Size = 0,
+        |c| c.PoolTag = 0,
         |c| c.ContextFreeCallback = Some(free_nothing),
     ];
     for breakage in broken {

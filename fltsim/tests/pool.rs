@@ -66,6 +66,41 @@ fn allocation_is_zeroed_aligned_and_accounted() {
 }
 
 #[test]
+fn the_largest_allocation_per_tag_is_remembered_after_it_is_freed() {
+    let sim = Sim::new();
+    let big = ExAllocatePool2(POOL_FLAG_PAGED, 5000, TAG_A);
+    let small = ExAllocatePool2(POOL_FLAG_PAGED, 10, TAG_A);
+    let other = ExAllocatePool2(POOL_FLAG_NON_PAGED, 64, TAG_B);
+    free(big, TAG_A);
+    let rows = pool::largest_allocations();
+    assert_eq!(
+        rows,
+        [
+            PoolUsage {
+                tag: TAG_A,
+                paged: true,
+                bytes: 5000,
+                count: 1
+            },
+            PoolUsage {
+                tag: TAG_B,
+                paged: false,
+                bytes: 64,
+                count: 1
+            },
+        ]
+    );
+    free(small, TAG_A);
+    free(other, TAG_B);
+    drop(sim);
+    let _sim = Sim::new();
+    assert!(
+        pool::largest_allocations().is_empty(),
+        "a new session starts afresh"
+    );
+}
+
+#[test]
 fn cache_aligned_page_aligned_and_uninitialized() {
     let _sim = Sim::new();
     let cache = ExAllocatePool2(POOL_FLAG_NON_PAGED | POOL_FLAG_CACHE_ALIGNED, 10, TAG_A);

@@ -52,13 +52,7 @@ fn setups() -> usize {
 fn stream_context_post_create(statuses: Arc<Mutex<Vec<NTSTATUS>>>) -> Config {
     Config {
         post: Some(Arc::new(move |data, objects, _, flags| {
-            // SAFETY: callback data from Filter Manager.
-            let (major, status) = unsafe {
-                (
-                    (*(*data).Iopb).MajorFunction,
-                    (*data).IoStatus.Anonymous.Status,
-                )
-            };
+            let (major, status) = (common::major_of(data), common::status_of(data));
             if major != CREATE || status < 0 || flags & FLTFL_POST_OPERATION_DRAINING != 0 {
                 return FLT_POSTOP_FINISHED_PROCESSING;
             }
@@ -191,8 +185,7 @@ fn a_filter_handle_cleared_before_unregistering_is_caught_by_a_post_create() {
             STATUS_SUCCESS
         })),
         post: Some(Arc::new(|data, _, _, _| {
-            // SAFETY: callback data from Filter Manager.
-            if unsafe { (*(*data).Iopb).MajorFunction } == CREATE {
+            if common::major_of(data) == CREATE {
                 let mut context: PFLT_CONTEXT = ptr::null_mut();
                 // SAFETY: the bug under test: the global handle instead of FltObjects->Filter.
                 let status = unsafe {

@@ -11,39 +11,36 @@
 pub enum Stat {
     /// Entries created in the table.
     Inserts = 0,
-    /// Opens, reads and writes that found their file's entry.
-    Hits = 1,
-    /// Reads and writes whose file had no entry.
-    Misses = 2,
+    /// Reads and writes of a stream whose file had no entry (evicted since it was opened).
+    Misses = 1,
     /// Entries evicted to make room for a new file.
-    Evictions = 3,
+    Evictions = 2,
     /// Tallies dropped because a pool allocation failed.
-    AllocationFailures = 4,
+    AllocationFailures = 3,
     /// Reads counted on no file: the stream has no entry (opened before the instance attached, its
     /// stream context or entry could not be made, its file-system queries failed, the entry was
     /// evicted) or is no file (a volume open).
-    UntrackedReads = 5,
+    UntrackedReads = 4,
     /// Writes counted on no file, for the same reasons.
-    UntrackedWrites = 6,
+    UntrackedWrites = 5,
     /// Bytes requested by untracked reads.
-    UntrackedBytesRead = 7,
+    UntrackedBytesRead = 6,
     /// Bytes requested by untracked writes.
-    UntrackedBytesWritten = 8,
+    UntrackedBytesWritten = 7,
     /// Successful opens of a file that could not be tallied: no usable file ID (the queries failed,
     /// or returned 0 or all-ones).
-    UntrackedOpens = 9,
+    UntrackedOpens = 8,
     /// File-name queries that failed (the entry then gets the opened name, or none).
-    NameQueryFailures = 10,
+    NameQueryFailures = 9,
     /// BypassIO enable requests granted on the volume: the non-cached reads of those handles skip
     /// every filter, so they are not tallied.
-    BypassIoEnables = 11,
+    BypassIoEnables = 10,
 }
 
 impl Stat {
     /// Every statistic, in id order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 11] = [
         Self::Inserts,
-        Self::Hits,
         Self::Misses,
         Self::Evictions,
         Self::AllocationFailures,
@@ -82,7 +79,6 @@ impl Stat {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Inserts => "inserts",
-            Self::Hits => "hits",
             Self::Misses => "misses",
             Self::Evictions => "evictions",
             Self::AllocationFailures => "allocation_failures",
@@ -101,8 +97,7 @@ impl Stat {
     pub const fn description(self) -> &'static str {
         match self {
             Self::Inserts => "entries created in the table",
-            Self::Hits => "opens, reads and writes that found their file's entry",
-            Self::Misses => "reads and writes whose file had no entry",
+            Self::Misses => "reads and writes of a stream whose file's entry was evicted",
             Self::Evictions => "entries evicted to make room for a new file",
             Self::AllocationFailures => "tallies dropped because a pool allocation failed",
             Self::UntrackedReads => "reads of streams with no entry (or of the volume)",

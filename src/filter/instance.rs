@@ -188,15 +188,23 @@ fn allocate(
     }
     let slot = NonNull::new(raw.cast::<InstanceContext>()).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
     let slot = slot.as_ptr();
-    // SAFETY: `slot` is fresh context memory of the right size and alignment (checked above), owned
-    // by us and never moved: Filter Manager frees it in place. Nothing below can fail, so the context
-    // is fully initialized before any reference can be released (and cleanup run).
-    unsafe {
-        ptr::write(&raw mut (*slot).volume_name, name);
-        PushLock::init_in_place(
-            &raw mut (*slot).tallies,
-            Table::new_in(max_entries, PagedAllocator::new(tags::TABLE)),
-        );
-        ContextRef::from_raw(raw).ok_or(STATUS_INSUFFICIENT_RESOURCES)
-    }
+    // `slot` is fresh context memory of the right size and alignment (checked above), owned by us
+    // and never moved: Filter Manager frees it in place. Nothing below can fail, so the context is
+    // fully initialized before any reference can be released (and cleanup run).
+    // SAFETY: a projection to the field (no reference to the uninitialized memory is made).
+    let volume_name = unsafe { &raw mut (*slot).volume_name };
+    // SAFETY: `volume_name` points into the fresh context, valid for a write and aligned.
+    unsafe { volume_name.write(name) };
+    // SAFETY: as for `volume_name`.
+    let tallies = unsafe { &raw mut (*slot).tallies };
+    let table = Table::new_with_names_in(
+        max_entries,
+        PagedAllocator::new(tags::TABLE),
+        PagedAllocator::new(tags::FILE_NAME),
+    );
+    // SAFETY: `tallies` points into the fresh context, valid for writes and aligned, never moved.
+    unsafe { PushLock::init_in_place(tallies, table) };
+    // SAFETY: we own the one reference FltAllocateContext returned, and the context now holds an
+    // initialized InstanceContext.
+    unsafe { ContextRef::from_raw(raw) }.ok_or(STATUS_INSUFFICIENT_RESOURCES)
 }

@@ -58,15 +58,18 @@ use windows_sys::Win32::System::WindowsProgramming::FILE_CREATED;
 use super::context::{self, Context, ContextRef};
 use super::instance::InstanceContext;
 use crate::stats::Stat;
-use crate::table::{FileKey, Io, OpenOutcome};
+use crate::table::{FileKey, Io, OpenOutcome, Slot};
 
-/// The stream context: the key of the stream's file in the instance's table.
+/// The stream context: the key of the stream's file in the instance's table, and where its entry
+/// was then.
 ///
-/// Set by post-create, so that reads and writes find their entry without querying the file system.
-/// Plain data: it needs no cleanup callback.
+/// Set by post-create, so that reads and writes find their entry without querying the file system
+/// (and, while the slot hint is right, without a lookup in the table). Plain data: it needs no
+/// cleanup callback.
 pub(crate) struct StreamContext {
     key_low: u64,
     key_high: u64,
+    slot: u32,
 }
 
 // SAFETY: the only contexts registered as FLT_STREAM_CONTEXT are made by `attach_stream_context`,
@@ -79,6 +82,10 @@ unsafe impl Context for StreamContext {
 impl StreamContext {
     fn key(&self) -> FileKey {
         FileKey(u128::from(self.key_high) << 64 | u128::from(self.key_low))
+    }
+
+    fn slot(&self) -> Slot {
+        Slot::from_bits(self.slot)
     }
 }
 
@@ -215,7 +222,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file
         None => match identify(instance, file) {
             Identity::File(key) => key,
             Identity::Directory => {
-                attach_stream_context(objects, DIRECTORY);
+                attach_stream_context(objects, DIRECTORY, None);
                 return;
             }
             Identity::Unknown => {
@@ -224,22 +231,28 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file
             }
         },
     };
-    if !new_file && known.is_none() && owner.tallies().read().record_reopen(key, now()) {
-        attach_stream_context(objects, key);
-        return;
+    if !new_file && known.is_none() {
+        let tallies = owner.tallies().read();
+        if tallies.record_reopen(key, now()) {
+            let slot = tallies.slot(key);
+            drop(tallies);
+            attach_stream_context(objects, key, slot);
+            return;
+        }
     }
     let (name, failures) = FileName::get(data);
-    let outcome = {
+    let (outcome, slot) = {
         let mut tallies = owner.tallies().write();
         tallies.add_stat(Stat::NameQueryFailures, failures);
         if new_file {
             tallies.forget(key);
         }
-        tallies.record_open(key, file_part(name.units()), now())
+        let outcome = tallies.record_open(key, file_part(name.units()), now());
+        (outcome, tallies.slot(key))
     };
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
-        attach_stream_context(objects, key);
+        attach_stream_context(objects, key, slot);
     }
 }
 
@@ -378,8 +391,8 @@ impl Drop for FileName {
     }
 }
 
-/// Gives the stream a context carrying `key`, unless it already has one.
-fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey) {
+/// Gives the stream a context carrying `key` and its entry's `slot`, unless it already has one.
+fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey, slot: Option<Slot>) {
     let (instance, file) = (objects.Instance, objects.FileObject);
     if context::stream_context::<StreamContext>(instance, file).is_some() {
         return;
@@ -403,6 +416,7 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey) {
     let value = StreamContext {
         key_low: key.0 as u64,
         key_high: (key.0 >> 64) as u64,
+        slot: slot.map_or(u32::MAX, Slot::to_bits),
     };
     // SAFETY: fresh context memory of StreamContext's size, aligned for it (pool alignment); written
     // before the context is published or released.
@@ -599,8 +613,8 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     if irp_flags & IRP_PAGING_IO != 0 || objects.FileObject.is_null() {
         return;
     }
-    let key = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
-        .map(|stream| stream.key());
+    let stream = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
+        .map(|stream| (stream.key(), stream.slot()));
     let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
         return;
     };
@@ -610,8 +624,8 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     core::mem::forget(owner.tallies().read());
     let tallies = owner.tallies().read();
     let bytes = u64::from(length);
-    if let Some(key) = key
-        && tallies.record_io(key, io, bytes, now())
+    if let Some((key, slot)) = stream
+        && tallies.record_io_at(slot, key, io, bytes, now())
     {
         return;
     }

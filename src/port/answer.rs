@@ -288,7 +288,7 @@ fn totals(table: &Table<PagedAllocator>) -> Totals {
 }
 
 /// The wire record of one tally.
-fn file_record(key: FileKey, tally: &Tally<PagedAllocator>) -> FileRecord {
+fn file_record(key: FileKey, tally: &Tally) -> FileRecord {
     let c = tally.counts();
     let mut record = FileRecord::new_zeroed();
     #[allow(clippy::cast_possible_truncation)] // the two halves of the key

@@ -11,6 +11,10 @@
 //! - `cargo xtask clippy`: clippy (`-D warnings`) over the cross build, which lints the Windows-only
 //!   code that host clippy never compiles.
 //! - `cargo xtask verify <image.sys>`: verifies and reports on any x64 kernel driver image.
+//! - `cargo xtask perf`: the driver's costs as instruction and byte counts (callgrind and fltsim's pool
+//!   accounting over the fixed workloads of `benches/workload.rs`), checked against the budgets.
+//! - `cargo xtask budget`: the same, failing if a budget is exceeded (CI; run `package` first, for the
+//!   image size).
 
 use std::env;
 use std::ffi::OsString;
@@ -19,9 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use xtask::callgrind::{Function, Profile};
 use xtask::cross::{self, Invocation, Task};
 use xtask::image::Image;
 use xtask::pe_check::{self, Policy};
+use xtask::perf::{self, Figures, Scenario};
 use xtask::stamp::{self, Date};
 use xtask::toolchain;
 
@@ -29,7 +35,8 @@ use xtask::toolchain;
 type Result<T> = std::result::Result<T, String>;
 
 const USAGE: &str = "usage: cargo xtask package [--debug-assertions] | cargo xtask broken-image | \
-                     cargo xtask clippy | cargo xtask verify <image.sys>";
+                     cargo xtask clippy | cargo xtask verify <image.sys> | cargo xtask perf | \
+                     cargo xtask budget";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         ["broken-image"] => package(Image::Broken),
         ["clippy"] => clippy(),
         ["verify", path] => verify_file(Path::new(path), &Policy::KERNEL_DRIVER),
+        ["perf"] => measure(false),
+        ["budget"] => measure(true),
         _ => Err(USAGE.to_owned()),
     };
     match outcome {
@@ -271,4 +280,170 @@ fn verify_file(path: &Path, policy: &Policy<'_>) -> Result<()> {
         path.display(),
         verification.failures.len()
     ))
+}
+
+/// Valgrind, which `perf` and `budget` run.
+const VALGRIND: &str = "valgrind";
+
+/// `cargo xtask perf` (`enforce` false) and `cargo xtask budget` (`enforce` true).
+fn measure(enforce: bool) -> Result<()> {
+    let root = workspace_root();
+    let workload = build_workload(&root)?;
+    let mut figures = Figures::default();
+    for args in perf::NATIVE {
+        let output = capture(Command::new(&workload).args(args))?;
+        figures.add_output(&output, args.get(1).copied())?;
+    }
+    ensure_valgrind()?;
+    let dumps = root.join("target").join("perf");
+    for scenario in &perf::SCENARIOS {
+        let costs = callgrind_costs(&workload, scenario, &dumps.join(scenario.name))?;
+        perf::scenario_figures(scenario, &costs, &mut figures)?;
+    }
+    let image = root.join("target").join("package").join("iotally.sys");
+    match fs::metadata(&image) {
+        #[allow(clippy::cast_precision_loss)] // a file size
+        Ok(meta) => {
+            figures.0.insert("image.bytes".into(), meta.len() as f64);
+        }
+        Err(_) if !enforce => println!("xtask: no {} (run cargo xtask package)", image.display()),
+        Err(e) => {
+            return Err(format!(
+                "{}: {e} (run cargo xtask package first)",
+                image.display()
+            ));
+        }
+    }
+    let (report, all_hold) = perf::report(&figures);
+    print!("{report}");
+    if enforce && !all_hold {
+        return Err("a performance budget is exceeded or was not measured".into());
+    }
+    Ok(())
+}
+
+/// Builds `benches/workload.rs` with the `callgrind` profile and returns the executable.
+fn build_workload(root: &Path) -> Result<PathBuf> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = capture(
+        Command::new(cargo)
+            .current_dir(root)
+            .args([
+                "build",
+                "--locked",
+                "--profile",
+                "callgrind",
+                "--bench",
+                "workload",
+            ])
+            .args(["--message-format", "json-render-diagnostics"]),
+    )?;
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "workload")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo did not report the workload executable".into())
+}
+
+/// Runs `command`, returning its standard output; fails unless it succeeds.
+fn capture(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", command.get_program().display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            command.get_program().display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    String::from_utf8(output.stdout).map_err(|e| e.to_string())
+}
+
+/// Whether a function is fltsim's (or the workload harness's), not the driver's.
+fn excluded(function: &Function) -> bool {
+    function.file.contains("/fltsim/src/")
+        || function.name.starts_with("fltsim::")
+        || function.name.starts_with("<fltsim::")
+}
+
+/// The driver's own instructions in each dump of `scenario` under callgrind: one number for the whole
+/// measured loop, or one per operation.
+fn callgrind_costs(workload: &Path, scenario: &Scenario, dir: &Path) -> Result<Vec<u64>> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = dir.join("cg.out");
+    let started = Instant::now();
+    capture(
+        Command::new(VALGRIND)
+            .args([
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                "--separate-callers=4",
+            ])
+            .arg(format!("--toggle-collect={}*", scenario.entry))
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(workload)
+            .args(scenario.args),
+    )?;
+    // Dumps are cg.out.1, cg.out.2, ...; per-operation workloads dump once before the loop.
+    let mut costs = Vec::new();
+    for part in 1.. {
+        let path = dir.join(format!("cg.out.{part}"));
+        let Ok(text) = fs::read_to_string(&path) else {
+            break;
+        };
+        if scenario.per_op && part == 1 {
+            continue;
+        }
+        let profile = Profile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (cost, _) = profile
+            .own_cost(scenario.entry, excluded)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        costs.push(cost);
+    }
+    println!(
+        "xtask: {} under callgrind: {} dump(s) in {:.1} s",
+        scenario.name,
+        costs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(costs)
+}
+
+/// Checks that valgrind is installed; installs it as root (Debian's `valgrind` package).
+fn ensure_valgrind() -> Result<()> {
+    let installed = || {
+        Command::new(VALGRIND)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if installed() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(
+            "valgrind is not installed; as root, run:\n    apt-get install -y valgrind".into(),
+        );
+    }
+    println!("xtask: installing valgrind");
+    let apt = |args: &[&str]| Invocation {
+        program: PathBuf::from("apt-get"),
+        args: args.iter().map(OsString::from).collect(),
+        set: vec![("DEBIAN_FRONTEND".into(), "noninteractive".into())],
+        remove: Vec::new(),
+    };
+    run(&apt(&["install", "-y", VALGRIND])).or_else(|_| {
+        run(&apt(&["update"])).and_then(|()| run(&apt(&["install", "-y", VALGRIND])))
+    })?;
+    if installed() {
+        Ok(())
+    } else {
+        Err("valgrind still missing after apt-get install".into())
+    }
 }

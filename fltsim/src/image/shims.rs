@@ -13,7 +13,7 @@
 
 use std::ffi::c_void;
 
-use windows_sys::Wdk::Foundation::DRIVER_OBJECT;
+use windows_sys::Wdk::Foundation::{DRIVER_OBJECT, IRP};
 use windows_sys::Wdk::Foundation::{FILE_OBJECT, OBJECT_ATTRIBUTES, POOL_TYPE};
 use windows_sys::Wdk::Storage::FileSystem::FILE_INFORMATION_CLASS;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
@@ -113,6 +113,8 @@ shims! {
         = crate::irql::KeGetCurrentIrql, windows_sys::Wdk::System::SystemServices::KeGetCurrentIrql;
     NTOSKRNL KeQuerySystemTimePrecise(currenttime: *mut i64)
         = crate::kernel::KeQuerySystemTimePrecise, windows_sys::Wdk::System::SystemServices::KeQuerySystemTimePrecise;
+    NTOSKRNL IoGetTopLevelIrp() -> *mut IRP
+        = crate::kernel::IoGetTopLevelIrp, windows_sys::Wdk::System::SystemServices::IoGetTopLevelIrp;
     NTOSKRNL PsGetCurrentThreadId() -> HANDLE
         = crate::thread::PsGetCurrentThreadId, windows_sys::Wdk::System::SystemServices::PsGetCurrentThreadId;
     NTOSKRNL MmCopyMemory(

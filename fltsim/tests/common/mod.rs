@@ -178,6 +178,13 @@ pub fn configure(config: Config) {
     *lock(&FILTER) = 0;
 }
 
+/// Replaces the post-operation hook of the installed config (the driver may be loaded).
+pub fn set_post(hook: PostHook) {
+    if let Some(config) = lock(&CONFIG).as_mut() {
+        config.post = Some(hook);
+    }
+}
+
 /// The events recorded so far.
 pub fn events() -> Vec<Event> {
     lock(&EVENTS).clone()
@@ -474,6 +481,30 @@ pub fn allocate(context_type: u32) -> Result<PFLT_CONTEXT, NTSTATUS> {
 pub unsafe fn file_object(data: *mut FLT_CALLBACK_DATA) -> *mut FILE_OBJECT {
     // SAFETY: the caller's contract.
     unsafe { (*(*data).Iopb).TargetFileObject }
+}
+
+/// The major function of an operation.
+pub fn major_of(data: *const FLT_CALLBACK_DATA) -> u8 {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let iopb = unsafe { (*data).Iopb };
+    // SAFETY: its parameter block, valid as long as the callback data.
+    unsafe { (*iopb).MajorFunction }
+}
+
+/// The `IoStatus.Status` of an operation (its final status in a post-op).
+pub fn status_of(data: *const FLT_CALLBACK_DATA) -> NTSTATUS {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let io = unsafe { (*data).IoStatus };
+    // SAFETY: `Status` is the member Filter Manager and the file system set.
+    unsafe { io.Anonymous.Status }
+}
+
+/// Sets the `IoStatus.Status` of an operation (a pre-op completing it).
+pub fn set_status(data: *mut FLT_CALLBACK_DATA, status: NTSTATUS) {
+    // SAFETY: callback data from Filter Manager, valid during the callback.
+    let io = unsafe { &raw mut (*data).IoStatus };
+    // SAFETY: a valid IO_STATUS_BLOCK (writing a union member reads nothing).
+    unsafe { (*io).Anonymous.Status = status };
 }
 
 /// Number of events matching `predicate`.

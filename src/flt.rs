@@ -118,6 +118,8 @@ no_tail_calls! {
         fileobject: *const FILE_OBJECT,
         context: *mut PFLT_CONTEXT,
     ) -> NTSTATUS;
+    /// `FltReferenceContext`.
+    fn FltReferenceContext(context: PFLT_CONTEXT);
     /// `FltReleaseContext`.
     fn FltReleaseContext(context: PFLT_CONTEXT);
     /// `FltGetVolumeName`.

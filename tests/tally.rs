@@ -127,6 +127,35 @@ fn fast_io_and_noncached_reads_count() {
 }
 
 #[test]
+fn tracked_reads_and_writes_take_no_instance_context_reference() {
+    let t = Loaded::new();
+    let c = t.volume(2, FileSystem::Ntfs);
+    t.sim.create_file(c, r"\f", 100);
+    let mut h = t.sim.open(c, r"\f", OpenOptions::open()).unwrap();
+    t.sim.reset_counters(c);
+    h.read(10, 0);
+    h.write(20, 0);
+    h.fast_read(10, 0);
+    h.read_noncached(512, 0);
+    assert_eq!(
+        t.sim.counters(c).instance_context_gets,
+        0,
+        "the stream context's own reference on the instance context serves every transfer"
+    );
+    // A stream iotally has no stream context for still has its I/O counted (as untracked),
+    // through a lookup of the instance context.
+    let mut volume = t.sim.open(c, "", OpenOptions::volume()).unwrap();
+    t.sim.reset_counters(c);
+    volume.read(512, 0);
+    assert_eq!(t.sim.counters(c).instance_context_gets, 1);
+    drop(volume);
+    assert_eq!(h.close(), 0);
+    assert_eq!(totals(&t.tallies(c).unwrap()[r"\f"]), (1, 3, 1, 532, 20));
+    assert_eq!(t.stats(c).get(Stat::UntrackedReads), 1);
+    t.unload_clean();
+}
+
+#[test]
 fn refs_files_sharing_low_64_bits_stay_apart() {
     let t = Loaded::new();
     let r = t.volume(4, FileSystem::Refs);

@@ -526,8 +526,12 @@ fn get_context(
             Target::Instance => inst.context,
             Target::Stream(stream) => inst.stream_contexts.get(&stream).copied(),
         };
+        let volume = inst.volume;
         if let Some(c) = found.and_then(|address| w.contexts.get_mut(&address)) {
             c.references += 1;
+        }
+        if let (Target::Instance, Some(v)) = (target, w.volume(volume)) {
+            v.counters.instance_context_gets += 1;
         }
         Some(found)
     });

@@ -142,6 +142,9 @@ pub struct Counters {
     /// Fast I/O operations a filter disallowed (`FLT_PREOP_DISALLOW_FASTIO`); each was reissued as
     /// an IRP.
     pub fast_io_disallowed: u64,
+    /// `FltGetInstanceContext` calls on the volume's instances (each one writes the context's
+    /// reference count, a location shared by every processor doing I/O on the volume).
+    pub instance_context_gets: u64,
 }
 
 /// Describes a volume for [`crate::Sim::add_volume`].

@@ -80,9 +80,11 @@ fn instance_context_lives_until_teardown_completes() {
     let volume = ntfs(&sim);
     assert_eq!(sim.load("testflt", driver_entry), STATUS_SUCCESS);
     let instance = sim.instance(volume).unwrap();
+    sim.reset_counters(volume);
     let (status, context) = get_instance(instance);
     assert_eq!(status, STATUS_SUCCESS);
     release(context);
+    assert_eq!(sim.counters(volume).instance_context_gets, 1, "counted");
     assert_eq!(
         count(|e| matches!(e, Event::Cleanup { .. })),
         0,

@@ -7,7 +7,9 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::flt::{FltGetInstanceContext, FltGetStreamContext, FltReleaseContext};
+use crate::flt::{
+    FltGetInstanceContext, FltGetStreamContext, FltReferenceContext, FltReleaseContext,
+};
 use windows_sys::Wdk::Foundation::FILE_OBJECT;
 use windows_sys::Wdk::Storage::FileSystem::Minifilters::{
     FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT, PFLT_CONTEXT, PFLT_INSTANCE,
@@ -32,6 +34,9 @@ pub(crate) struct ContextRef<T: Context> {
 
 // SAFETY: a context reference may be released on any thread; `T: Sync` makes sharing `&T` sound.
 unsafe impl<T: Context> Send for ContextRef<T> {}
+// SAFETY: a shared `ContextRef` only gives out `&T` (and `T: Sync`) or takes one more reference,
+// which `FltReferenceContext` allows from any thread.
+unsafe impl<T: Context> Sync for ContextRef<T> {}
 
 impl<T: Context> ContextRef<T> {
     /// Takes ownership of one reference on `raw`.
@@ -59,6 +64,20 @@ impl<T: Context> core::ops::Deref for ContextRef<T> {
         // SAFETY: `from_raw`'s contract: the memory holds an initialized `T`, kept alive by the
         // reference `self` owns; contexts are only shared, never mutated through `&T`.
         unsafe { self.raw.as_ref() }
+    }
+}
+
+impl<T: Context> Clone for ContextRef<T> {
+    /// One more reference on the same context (`FltReferenceContext`, callable at
+    /// `IRQL <= DISPATCH_LEVEL`), released when the clone is dropped.
+    fn clone(&self) -> Self {
+        // SAFETY: `self` holds a reference, so the context is live; the new reference is owned by
+        // the returned `ContextRef`.
+        unsafe { FltReferenceContext(self.as_raw()) };
+        Self {
+            raw: self.raw,
+            _owns: PhantomData,
+        }
     }
 }
 

@@ -60,13 +60,17 @@ use super::instance::InstanceContext;
 use crate::stats::Stat;
 use crate::table::{FileKey, Io, OpenOutcome, Slot};
 
-/// The stream context: the key of the stream's file in the instance's table, and where its entry
-/// was then.
+/// The stream context: the key of the stream's file in the instance's table, where its entry was
+/// then, and a reference on the instance's context.
 ///
 /// Set by post-create, so that reads and writes find their entry without querying the file system
-/// (and, while the slot hint is right, without a lookup in the table). Plain data: it needs no
-/// cleanup callback.
+/// (and, while the slot hint is right, without a lookup in the table). Holding the instance context
+/// spares each read and write an `FltGetInstanceContext`, whose reference count every processor
+/// doing I/O on the volume would otherwise write; the reference goes in [`stream_cleanup`], when
+/// the stream closes or the instance is torn down (Filter Manager deletes an instance's stream
+/// contexts at teardown, before the instance context's own cleanup can run).
 pub(crate) struct StreamContext {
+    owner: ContextRef<InstanceContext>,
     key_low: u64,
     key_high: u64,
     slot: u32,
@@ -87,6 +91,14 @@ impl StreamContext {
     fn slot(&self) -> Slot {
         Slot::from_bits(self.slot)
     }
+}
+
+/// `ContextCleanupCallback` for stream contexts: runs at `IRQL <= APC_LEVEL` when the last
+/// reference goes, and releases the instance context the stream context holds.
+pub(super) unsafe extern "system" fn stream_cleanup(context: PFLT_CONTEXT, _context_type: u16) {
+    // SAFETY: Filter Manager calls this once, after the last reference, for a context made by
+    // `attach_stream_context` (so it holds an initialized StreamContext nobody can reach any more).
+    unsafe { ptr::drop_in_place(context.cast::<StreamContext>()) };
 }
 
 /// The current system time, in 100 ns units since 1601.
@@ -222,7 +234,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file
         None => match identify(instance, file) {
             Identity::File(key) => key,
             Identity::Directory => {
-                attach_stream_context(objects, DIRECTORY, None);
+                attach_stream_context(objects, &owner, DIRECTORY, None);
                 return;
             }
             Identity::Unknown => {
@@ -236,7 +248,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file
         if tallies.record_reopen(key, now()) {
             let slot = tallies.slot(key);
             drop(tallies);
-            attach_stream_context(objects, key, slot);
+            attach_stream_context(objects, &owner, key, slot);
             return;
         }
     }
@@ -252,7 +264,7 @@ fn record_open(data: &FLT_CALLBACK_DATA, objects: &FLT_RELATED_OBJECTS, new_file
     };
     drop(name);
     if outcome != OpenOutcome::AllocationFailed && known.is_none() {
-        attach_stream_context(objects, key, slot);
+        attach_stream_context(objects, &owner, key, slot);
     }
 }
 
@@ -392,7 +404,12 @@ impl Drop for FileName {
 }
 
 /// Gives the stream a context carrying `key` and its entry's `slot`, unless it already has one.
-fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey, slot: Option<Slot>) {
+fn attach_stream_context(
+    objects: &FLT_RELATED_OBJECTS,
+    owner: &ContextRef<InstanceContext>,
+    key: FileKey,
+    slot: Option<Slot>,
+) {
     let (instance, file) = (objects.Instance, objects.FileObject);
     if context::stream_context::<StreamContext>(instance, file).is_some() {
         return;
@@ -414,6 +431,7 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey, slot: Opti
     }
     #[allow(clippy::cast_possible_truncation)]
     let value = StreamContext {
+        owner: owner.clone(),
         key_low: key.0 as u64,
         key_high: (key.0 >> 64) as u64,
         slot: slot.map_or(u32::MAX, Slot::to_bits),
@@ -422,7 +440,7 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey, slot: Opti
     // before the context is published or released.
     unsafe { ptr::write(raw.cast::<StreamContext>(), value) };
     // SAFETY: we own the one reference on `raw` and it now holds an initialized StreamContext.
-    let Some(owned) = (unsafe { ContextRef::<StreamContext>::from_raw(raw) }) else {
+    let Some(stream) = (unsafe { ContextRef::<StreamContext>::from_raw(raw) }) else {
         return;
     };
     // SAFETY: `instance` and `file` come from the post-create; the context is referenced by us.
@@ -432,14 +450,14 @@ fn attach_stream_context(objects: &FLT_RELATED_OBJECTS, key: FileKey, slot: Opti
             instance,
             file,
             FLT_SET_CONTEXT_KEEP_IF_EXISTS,
-            owned.as_raw(),
+            stream.as_raw(),
             ptr::null_mut(),
         );
     }
     // A deliberate bug (feature `broken-leak-context`, never shipped): our reference is never
     // released, so the context outlives its stream and the driver.
     #[cfg(feature = "broken-leak-context")]
-    core::mem::forget(owned);
+    core::mem::forget(stream);
 }
 
 /// `PreOperation` for `IRP_MJ_READ`.
@@ -613,10 +631,18 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     if irp_flags & IRP_PAGING_IO != 0 || objects.FileObject.is_null() {
         return;
     }
-    let stream = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject)
-        .map(|stream| (stream.key(), stream.slot()));
-    let Some(owner) = context::instance_context::<InstanceContext>(objects.Instance) else {
-        return;
+    let stream = context::stream_context::<StreamContext>(objects.Instance, objects.FileObject);
+    crate::paged_code!("record_transfer (the stream context is paged)");
+    let unknown_stream;
+    let owner = match &stream {
+        Some(stream) => &stream.owner,
+        None => match context::instance_context::<InstanceContext>(objects.Instance) {
+            Some(owner) => {
+                unknown_stream = owner;
+                &unknown_stream
+            }
+            None => return,
+        },
     };
     // A deliberate bug (feature `broken-hold-push-lock`, never shipped): one more shared hold, never
     // released, so the callback returns with the lock held (and normal kernel APCs disabled).
@@ -624,8 +650,8 @@ fn record_transfer(objects: &FLT_RELATED_OBJECTS, irp_flags: u32, io: Io, length
     core::mem::forget(owner.tallies().read());
     let tallies = owner.tallies().read();
     let bytes = u64::from(length);
-    if let Some((key, slot)) = stream
-        && tallies.record_io_at(slot, key, io, bytes, now())
+    if let Some(stream) = &stream
+        && tallies.record_io_at(stream.slot(), stream.key(), io, bytes, now())
     {
         return;
     }

@@ -107,7 +107,7 @@ static CONTEXTS: Contexts = Contexts([
         StreamContext::TYPE,
         size_of::<StreamContext>(),
         tags::STREAM_CONTEXT.raw(),
-        None,
+        Some(operations::stream_cleanup),
     ),
     #[allow(clippy::cast_possible_truncation)]
     context(FLT_CONTEXT_END as u16, 0, 0, None),

@@ -116,6 +116,15 @@ pub enum FaultPlan {
         /// Only requests with this tag are eligible.
         tag: Option<u32>,
     },
+    /// Fail exactly the `n`th eligible request (`n` >= 1) and no other: the plan of a deterministic
+    /// sweep, which first counts the eligible requests of a run ([`eligible_requests`], with an `n`
+    /// never reached such as `u64::MAX`), then fails each of them in turn.
+    Nth {
+        /// The one request to fail, counting from 1.
+        n: u64,
+        /// Only requests with this tag are eligible.
+        tag: Option<u32>,
+    },
     /// Fail each eligible request with probability `per_mille / 1000`, drawn from a deterministic
     /// generator seeded with `seed` (the same request sequence fails the same way for a seed).
     Rate {
@@ -142,7 +151,7 @@ impl FaultPlan {
     const fn tag(self) -> Option<u32> {
         match self {
             Self::Off => None,
-            Self::EveryNth { tag, .. } | Self::Rate { tag, .. } => tag,
+            Self::EveryNth { tag, .. } | Self::Nth { tag, .. } | Self::Rate { tag, .. } => tag,
         }
     }
 }
@@ -200,6 +209,7 @@ impl Pool {
         let fail = match self.plan {
             FaultPlan::Off => false,
             FaultPlan::EveryNth { n, .. } => n > 0 && self.eligible.is_multiple_of(n),
+            FaultPlan::Nth { n, .. } => self.eligible == n,
             FaultPlan::Rate { per_mille, .. } => {
                 splitmix64(&mut self.rng) % 1000 < u64::from(per_mille)
             }
@@ -297,6 +307,14 @@ pub fn set_fault_injection(plan: FaultPlan) {
 /// without charging it to the pool (Filter Manager's own allocations, e.g. file name information).
 pub(crate) fn inject_failure(tag: u32) -> bool {
     with_pool(|pool| pool.inject(tag))
+}
+
+/// Number of eligible requests the fault plan has seen since [`set_fault_injection`] last set it
+/// (failed ones included): pool allocations, contexts and Filter Manager's own allocations such as
+/// file name information. Always 0 under [`FaultPlan::Off`], which looks at no request.
+#[must_use]
+pub fn eligible_requests() -> u64 {
+    with_pool(|pool| pool.eligible)
 }
 
 /// Number of allocations failed on purpose since the session started.

@@ -177,6 +177,53 @@ fn every_nth_fails_deterministically_and_counts() {
 }
 
 #[test]
+fn nth_fails_exactly_that_request_and_counts_every_eligible_one() {
+    let _sim = Sim::new();
+    assert_eq!(pool::eligible_requests(), 0);
+    pool::set_fault_injection(FaultPlan::Nth {
+        n: 4,
+        tag: Some(TAG_A),
+    });
+    let results: Vec<bool> = (0..10)
+        .map(|i| {
+            // Every other request has a tag the plan does not look at.
+            let tag = if i % 2 == 0 { TAG_A } else { TAG_B };
+            let p = ExAllocatePool2(POOL_FLAG_PAGED, 8, tag);
+            if !p.is_null() {
+                free(p, tag);
+            }
+            p.is_null()
+        })
+        .collect();
+    // The 4th TAG_A request is the 7th request (index 6); no other fails.
+    let expected: Vec<bool> = (0..10).map(|i| i == 6).collect();
+    assert_eq!(results, expected);
+    assert_eq!(pool::injected_failures(), 1);
+    assert_eq!(pool::eligible_requests(), 5, "five TAG_A requests seen");
+    // An `n` never reached fails nothing and still counts: how a sweep learns its length.
+    pool::set_fault_injection(FaultPlan::Nth {
+        n: u64::MAX,
+        tag: None,
+    });
+    assert_eq!(
+        pool::eligible_requests(),
+        0,
+        "setting a plan restarts the count"
+    );
+    for _ in 0..3 {
+        let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_B);
+        assert!(!p.is_null());
+        free(p, TAG_B);
+    }
+    assert_eq!(pool::eligible_requests(), 3);
+    assert_eq!(pool::injected_failures(), 1);
+    pool::set_fault_injection(FaultPlan::Off);
+    let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG_B);
+    free(p, TAG_B);
+    assert_eq!(pool::eligible_requests(), 0, "Off looks at no request");
+}
+
+#[test]
 fn fault_injection_limited_to_one_tag() {
     let _sim = Sim::new();
     pool::set_fault_injection(FaultPlan::EveryNth {

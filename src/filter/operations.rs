@@ -427,6 +427,11 @@ fn attach_stream_context(
         )
     };
     if status < 0 || raw.is_null() {
+        // The stream's reads and writes will not be tallied (they count as untracked): a tally
+        // dropped for lack of pool. A directory's context only saves later queries.
+        if key != DIRECTORY {
+            owner.tallies().read().add_stat(Stat::AllocationFailures, 1);
+        }
         return;
     }
     #[allow(clippy::cast_possible_truncation)]

@@ -3,6 +3,7 @@
 //! assertions.
 
 mod broken;
+mod fault_sweep;
 mod faults;
 mod harness;
 mod irql;

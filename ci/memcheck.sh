@@ -5,10 +5,9 @@
 #
 #   bash ci/memcheck.sh
 #
-# fltsim fills POOL_FLAG_UNINITIALIZED allocations (FltAllocateContext's among them) with 0xC5
-# (fltsim/src/pool.rs, UNINITIALIZED_FILL) rather than leaving them undefined, so memcheck does not
-# flag a read of a context field the driver never wrote; the fill makes such reads visible as wrong
-# values instead.
+# fltsim normally fills POOL_FLAG_UNINITIALIZED allocations (FltAllocateContext's among them) with
+# 0xC5; FLTSIM_UNINITIALIZED_POOL=undefined leaves them undefined, as Windows does, so that memcheck
+# reports a read of a context field the driver never wrote.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +35,7 @@ done
 # test harness), after which the scenario's allocations are never freed, on purpose (as on Windows);
 # memcheck would report them as definite leaks. Death tests that re-run in a child process are not
 # followed (no --trace-children).
+export FLTSIM_UNINITIALIZED_POOL=undefined
 for binary in "${binaries[@]}"; do
     printf '\n--- memcheck %s\n' "$binary"
     valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \

@@ -3,7 +3,8 @@
 //!
 //! Contract (Microsoft's `ExAllocatePool2`, `ExFreePoolWithTag` and `POOL_FLAGS` pages):
 //! - memory is zeroed unless `POOL_FLAG_UNINITIALIZED` (then the simulator fills it with
-//!   [`UNINITIALIZED_FILL`] so that code relying on zeroes shows up); blocks are 16-byte aligned as on
+//!   [`UNINITIALIZED_FILL`] so that code relying on zeroes shows up, or, with
+//!   [`UNINITIALIZED_POOL_VAR`] set to `undefined`, leaves it undefined for memcheck); blocks are 16-byte aligned as on
 //!   x64, cache-line aligned with `POOL_FLAG_CACHE_ALIGNED`, page aligned from `PAGE_SIZE` up;
 //! - it returns **NULL** (or raises with `POOL_FLAG_RAISE_ON_FAILURE`) on insufficient memory, a zero
 //!   tag, or invalid `POOL_FLAGS`: exactly one of `POOL_FLAG_NON_PAGED`, `POOL_FLAG_NON_PAGED_EXECUTE`,
@@ -68,6 +69,19 @@ const POOL_TYPES: u64 = POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE | POOL
 
 /// Byte written over `POOL_FLAG_UNINITIALIZED` allocations.
 pub const UNINITIALIZED_FILL: u8 = 0xC5;
+
+/// Environment variable that, set to `undefined`, leaves `POOL_FLAG_UNINITIALIZED` allocations
+/// unfilled, as Windows leaves them: under valgrind's memcheck a read of a byte the driver never
+/// wrote (an unset field of a fixed-size context, say) is then reported where it is used.
+pub const UNINITIALIZED_POOL_VAR: &str = "FLTSIM_UNINITIALIZED_POOL";
+
+/// Whether [`UNINITIALIZED_POOL_VAR`] asks for undefined memory (read once per process).
+fn leave_undefined() -> bool {
+    static UNDEFINED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNDEFINED.get_or_init(|| {
+        std::env::var_os(UNINITIALIZED_POOL_VAR).is_some_and(|value| value == "undefined")
+    })
+}
 /// `PAGE_SIZE` on x64.
 const PAGE_SIZE: usize = 4096;
 /// Alignment of small allocations on x64.
@@ -393,9 +407,10 @@ pub(crate) fn allocate(flags: u64, size: usize, tag: u32) -> *mut c_void {
         // SAFETY: `layout` has a non-zero size (checked above).
         unsafe { std::alloc::alloc_zeroed(layout) }
     } else {
-        // SAFETY: `layout` has a non-zero size; the block is filled before it is handed out.
+        // SAFETY: `layout` has a non-zero size; the block is filled before it is handed out, unless
+        // the run asked to leave it undefined (for valgrind's memcheck).
         let block = unsafe { std::alloc::alloc(layout) };
-        if !block.is_null() {
+        if !block.is_null() && !leave_undefined() {
             // SAFETY: `block` is a fresh allocation of `size` bytes.
             unsafe { block.write_bytes(UNINITIALIZED_FILL, size) };
         }

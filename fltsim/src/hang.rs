@@ -461,7 +461,7 @@ fn deadlock(me: ThreadId) -> Option<String> {
     });
     waiters.get(&me)?;
     let holders = locks::holders(&addresses);
-    with_graph(|g| {
+    let (exited, report) = with_graph(|g| {
         let cycle = find_cycle(g, me, &holders)?;
         let stuck = cycle.iter().all(|step| match step {
             Step::Waits(thread) => {
@@ -469,8 +469,33 @@ fn deadlock(me: ThreadId) -> Option<String> {
             }
             Step::Exited(thread) => g.exited.contains(thread),
         });
-        stuck.then(|| describe_cycle(g, &cycle, &holders))
-    })
+        let exited: Vec<ThreadId> = cycle
+            .iter()
+            .filter_map(|step| match step {
+                Step::Exited(thread) => Some(*thread),
+                Step::Waits(_) => None,
+            })
+            .collect();
+        stuck.then(|| (exited, describe_cycle(g, &cycle, &holders)))
+    })?;
+    // A hold read before its thread exited may have been released on the thread's way out (the
+    // waiter not yet woken): the chain is permanent only if the thread, now known to have exited
+    // and so unable to release anything, still holds one of the same locks.
+    if !exited.is_empty() {
+        let now = locks::holders(&addresses);
+        let still_holds = |thread: &ThreadId| {
+            holders.iter().any(|(address, before)| {
+                before.iter().any(|hold| hold.thread == *thread)
+                    && now
+                        .get(address)
+                        .is_some_and(|held| held.iter().any(|hold| hold.thread == *thread))
+            })
+        };
+        if !exited.iter().all(still_holds) {
+            return None;
+        }
+    }
+    Some(report)
 }
 
 /// A thread on a cycle of waits: waiting, or (ending a chain) exited with a lock held.

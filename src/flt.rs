@@ -147,15 +147,20 @@ no_tail_calls! {
     ) -> NTSTATUS;
     /// `FltReleaseFileNameInformation`.
     fn FltReleaseFileNameInformation(filenameinformation: *const FLT_FILE_NAME_INFORMATION);
-    /// `FltInitializePushLock`.
+    /// `FltInitializePushLock` (not under `cfg(loom)`, whose push locks are modelled: `sync::word`).
+    #[cfg(not(loom))]
     fn FltInitializePushLock(pushlock: *mut usize);
-    /// `FltAcquirePushLockShared`.
+    /// `FltAcquirePushLockShared` (not under `cfg(loom)`, whose push locks are modelled: `sync::word`).
+    #[cfg(not(loom))]
     fn FltAcquirePushLockShared(pushlock: *mut usize);
-    /// `FltAcquirePushLockExclusive`.
+    /// `FltAcquirePushLockExclusive` (not under `cfg(loom)`, whose push locks are modelled: `sync::word`).
+    #[cfg(not(loom))]
     fn FltAcquirePushLockExclusive(pushlock: *mut usize);
-    /// `FltReleasePushLock`.
+    /// `FltReleasePushLock` (not under `cfg(loom)`, whose push locks are modelled: `sync::word`).
+    #[cfg(not(loom))]
     fn FltReleasePushLock(pushlock: *mut usize);
-    /// `FltDeletePushLock`.
+    /// `FltDeletePushLock` (not under `cfg(loom)`, whose push locks are modelled: `sync::word`).
+    #[cfg(not(loom))]
     fn FltDeletePushLock(pushlock: *const usize);
     /// `FltBuildDefaultSecurityDescriptor`.
     fn FltBuildDefaultSecurityDescriptor(

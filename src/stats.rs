@@ -7,7 +7,13 @@
 //! The statistics themselves are named once, in the protocol crate, so that the driver, the
 //! communication port and `iotallyctl` agree on them.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
+
+#[cfg(not(loom))]
+use core::sync::atomic::AtomicU64;
+// Under `cfg(loom)` the counters are loom's atomics (`tests/loom.rs`).
+#[cfg(loom)]
+use loom::sync::atomic::AtomicU64;
 
 pub use iotally_protocol::Stat;
 
@@ -16,7 +22,7 @@ pub struct Stats([AtomicU64; Stat::COUNT]);
 
 impl Default for Stats {
     fn default() -> Self {
-        Self([const { AtomicU64::new(0) }; Stat::COUNT])
+        Self(core::array::from_fn(|_| AtomicU64::new(0)))
     }
 }
 

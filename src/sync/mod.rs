@@ -3,8 +3,10 @@
 //!
 //! See [`push_lock`] for the rules every user must keep.
 
+mod cell;
 pub mod push_lock;
 mod tracker;
+mod word;
 
 pub use push_lock::{
     MappedPushLockReadGuard, MappedPushLockWriteGuard, PushLock, PushLockReadGuard,

@@ -59,6 +59,13 @@
 //! to the alignment of the whole, a guard is one pointer, nothing is allocated inside the lock, and
 //! `read()`/`write()` are one call each to the Flt routine (tests check the sizes).
 //!
+//! # Model checking
+//!
+//! Under `cfg(loom)` the word runs fltsim's push-lock algorithm on loom's atomics (`word`) and the
+//! data is loom's `UnsafeCell` (`cell`), which checks every access a guard makes; the guards
+//! themselves are the same code. `tests/loom.rs` explores every interleaving of a few threads
+//! through them (and through the tally table's counters) within a preemption bound.
+//!
 //! # Why not `lock_api`
 //!
 //! `lock_api`'s `RwLock<R, T>` would give the guard types for free from a `RawRwLock` implementation,
@@ -94,7 +101,6 @@
 //! assert_eq!(stats.read().opens, 1);
 //! ```
 
-use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::{PhantomData, PhantomPinned};
 use core::mem;
@@ -102,19 +108,13 @@ use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
 use core::ptr::NonNull;
 
-use crate::flt::{
-    FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
-    FltInitializePushLock, FltReleasePushLock,
-};
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 
+use super::cell::DataCell;
 use super::tracker::Tracker;
+use super::word::Word;
 use crate::irql::{Irql, assert_at_most};
-
-/// The `EX_PUSH_LOCK` storage: one pointer-sized word, 8-byte aligned (required on x64).
-#[repr(C, align(8))]
-struct Word(UnsafeCell<usize>);
 
 /// The lock without its data: what every guard, mapped or not, releases.
 #[repr(C)]
@@ -127,7 +127,7 @@ struct RawPushLock {
 impl RawPushLock {
     /// The `PEX_PUSH_LOCK` passed to the Flt routines.
     fn word_ptr(&self) -> *mut usize {
-        self.word.0.get()
+        self.word.as_ptr()
     }
 
     /// Acquires shared, after the IRQL and (debug) recursion checks.
@@ -142,7 +142,7 @@ impl RawPushLock {
         // SAFETY: the word was initialized by FltInitializePushLock (every PushLock is created by
         // `init_in_place`), is not deleted while `self` is borrowed (the delete is in PushLock's Drop),
         // does not move (pinned or in place), and the IRQL rule is asserted above and documented.
-        unsafe { FltAcquirePushLockShared(self.word_ptr()) };
+        unsafe { self.word.acquire_shared() };
         self.tracker.shared_acquired();
     }
 
@@ -156,7 +156,7 @@ impl RawPushLock {
             self.word_ptr().addr(),
         );
         // SAFETY: as in `lock_shared`.
-        unsafe { FltAcquirePushLockExclusive(self.word_ptr()) };
+        unsafe { self.word.acquire_exclusive() };
         self.tracker.exclusive_acquired();
     }
 
@@ -171,7 +171,7 @@ impl RawPushLock {
         );
         // SAFETY: called once per shared guard, which proves a shared hold acquired by `lock_shared`;
         // guards are `!Send`, so this runs on the acquiring thread; the word is alive and unmoved.
-        unsafe { FltReleasePushLock(self.word_ptr()) };
+        unsafe { self.word.release() };
     }
 
     /// Releases the exclusive hold of the calling thread.
@@ -184,7 +184,7 @@ impl RawPushLock {
             self.word_ptr().addr(),
         );
         // SAFETY: as in `unlock_shared`, for the exclusive hold of a write guard.
-        unsafe { FltReleasePushLock(self.word_ptr()) };
+        unsafe { self.word.release() };
     }
 }
 
@@ -221,7 +221,7 @@ impl RawPushLock {
 pub struct PushLock<T: ?Sized> {
     raw: RawPushLock,
     _pinned: PhantomPinned,
-    data: UnsafeCell<T>,
+    data: DataCell<T>,
 }
 
 // SAFETY: moving the lock (when nobody holds it: a guard borrows it) to another thread moves the `T`;
@@ -279,20 +279,20 @@ impl<T> PushLock<T> {
         // SAFETY: `raw` points into `slot`, valid for writes and aligned.
         unsafe {
             raw.write(RawPushLock {
-                word: Word(UnsafeCell::new(0)),
+                word: Word::new(),
                 tracker: Tracker::new(),
             });
         }
         // SAFETY: as for `raw`.
         let data = unsafe { &raw mut (*slot).data };
         // SAFETY: `data` points into `slot`, valid for writes and aligned.
-        unsafe { data.write(UnsafeCell::new(value)) };
-        // SAFETY: `raw` was initialized just above; only a place projection, no reference.
-        let word = unsafe { UnsafeCell::raw_get(&raw const (*raw).word.0) };
-        // SAFETY: the word is 8 bytes, 8-byte aligned (`Word`'s layout), at an address that stays
-        // valid and unmoved until the drop in place calls FltDeletePushLock (the caller's contract);
-        // IRQL asserted above.
-        unsafe { FltInitializePushLock(word) };
+        unsafe { data.write(DataCell::new(value)) };
+        // SAFETY: `raw` was initialized just above and is not moved or freed while this reference
+        // lives (the caller's contract).
+        let word = unsafe { &(*raw).word };
+        // SAFETY: the word stays at this address, unmoved, until the drop in place deletes it (the
+        // caller's contract); IRQL asserted above.
+        unsafe { word.initialize() };
     }
 
     /// Allocates a `PushLock` holding `value` with `alloc`, initializes it there and returns it
@@ -464,7 +464,7 @@ impl<T: ?Sized> Drop for PushLock<T> {
         // SAFETY: the lock was initialized in place and has not moved; `&mut self` proves that no guard
         // borrows it, so it is not held (a leaked guard is caught above in debug builds); it is deleted
         // exactly once, here.
-        unsafe { FltDeletePushLock(self.raw.word_ptr()) };
+        unsafe { self.raw.word.delete() };
     }
 }
 
@@ -549,7 +549,7 @@ impl<'a, T: ?Sized> PushLockReadGuard<'a, T> {
         let lock: &'a PushLock<T> = guard.lock;
         // SAFETY: the guard holds the lock shared, so no `&mut T` exists; the reference is tied to 'a,
         // and the mapped guard keeps the hold for as long as it lives.
-        let data = NonNull::from(f(unsafe { &*lock.data.get() }));
+        let data = NonNull::from(f(unsafe { &*lock.data.read_ptr() }));
         // The hold moves to the mapped guard: the original must not release it.
         mem::forget(guard);
         MappedPushLockReadGuard {
@@ -566,7 +566,7 @@ impl<T: ?Sized> Deref for PushLockReadGuard<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the lock shared: no writer exists until it drops.
-        unsafe { &*self.lock.data.get() }
+        unsafe { &*self.lock.data.read_ptr() }
     }
 }
 
@@ -662,7 +662,7 @@ impl<'a, T: ?Sized> PushLockWriteGuard<'a, T> {
         let lock: &'a PushLock<T> = guard.lock;
         // SAFETY: the guard holds the lock exclusive and is not used while `f` runs, so this is the
         // only reference to the data; the mapped guard keeps the hold for as long as it lives.
-        let data = NonNull::from(f(unsafe { &mut *lock.data.get() }));
+        let data = NonNull::from(f(unsafe { &mut *lock.data.write_ptr() }));
         // The hold moves to the mapped guard: the original must not release it.
         mem::forget(guard);
         MappedPushLockWriteGuard {
@@ -679,7 +679,7 @@ impl<T: ?Sized> Deref for PushLockWriteGuard<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the lock exclusive.
-        unsafe { &*self.lock.data.get() }
+        unsafe { &*self.lock.data.read_ptr() }
     }
 }
 
@@ -687,7 +687,7 @@ impl<T: ?Sized> DerefMut for PushLockWriteGuard<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard holds the lock exclusive, and `&mut self` makes this the only reference.
-        unsafe { &mut *self.lock.data.get() }
+        unsafe { &mut *self.lock.data.write_ptr() }
     }
 }
 

@@ -12,7 +12,8 @@
 //!   is not caught, and a wrong-thread shared release is caught only when no untracked hold exists).
 //!
 //! A thread token is `PsGetCurrentThreadId() | 1` on Windows (thread ids are multiples of 4, so the
-//! token is never 0) and, in host builds, the address of a thread-local (distinct for live threads).
+//! token is never 0) and, in host builds, the address of a thread-local (distinct for live threads;
+//! a loom thread-local under `cfg(loom)`).
 //! Only the calling thread ever stores its own token, so relaxed atomics suffice: a thread compares
 //! the words only with its own token, which no other thread writes.
 
@@ -41,9 +42,19 @@ mod debug {
     }
 
     /// The calling thread's token: never 0, distinct for threads alive at the same time.
-    #[cfg(not(windows))]
+    #[cfg(all(not(windows), not(loom)))]
     fn current_thread() -> usize {
         std::thread_local! {
+            static ANCHOR: u8 = const { 0 };
+        }
+        ANCHOR.with(|anchor| core::ptr::from_ref(anchor).addr())
+    }
+
+    /// The calling thread's token under loom, whose threads share one OS thread (so one `std`
+    /// thread-local): the address of a loom thread-local, one per modelled thread.
+    #[cfg(all(not(windows), loom))]
+    fn current_thread() -> usize {
+        loom::thread_local! {
             static ANCHOR: u8 = const { 0 };
         }
         ANCHOR.with(|anchor| core::ptr::from_ref(anchor).addr())

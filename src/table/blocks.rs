@@ -20,11 +20,22 @@ use allocator_api2::alloc::{AllocError, Allocator};
 /// Types for which all-zero bytes are a valid value (the pool returns zeroed memory).
 ///
 /// # Safety
-/// An all-zero bit pattern of `size_of::<Self>()` bytes must be a valid, initialized `Self`.
-pub(super) unsafe trait Zeroed {}
+/// An all-zero bit pattern of `size_of::<Self>()` bytes must be a valid, initialized `Self`, in every
+/// build but `cfg(loom)`'s; there, [`Zeroed::fresh`] is written over every new value instead (loom's
+/// atomics are not valid as zero bytes).
+pub(super) unsafe trait Zeroed {
+    /// Under `cfg(loom)`: the value a new slot starts with.
+    #[cfg(loom)]
+    fn fresh() -> Self;
+}
 
 // SAFETY: zero is a `u32`.
-unsafe impl Zeroed for u32 {}
+unsafe impl Zeroed for u32 {
+    #[cfg(loom)]
+    fn fresh() -> Self {
+        0
+    }
+}
 
 /// A block of `MID` pointers to leaves (null: not allocated yet).
 type Mid<T, const LEAF: usize, const MID: usize> = [Option<NonNull<[T; LEAF]>>; MID];
@@ -123,7 +134,14 @@ impl<T: Zeroed, A: Allocator, const LEAF: usize, const MID: usize, const ROOT: u
         let mid = unsafe { mid.as_mut() };
         let leaf = &mut mid[(index / LEAF) % MID];
         if leaf.is_none() {
-            *leaf = Some(allocate_zeroed::<[T; LEAF]>(&self.alloc)?);
+            let block = allocate_zeroed::<[T; LEAF]>(&self.alloc)?;
+            #[cfg(loom)]
+            for value in 0..LEAF {
+                // SAFETY: a fresh block of `LEAF` values, not yet shared; the zero bytes there are
+                // overwritten without being read or dropped.
+                unsafe { block.cast::<T>().add(value).write(T::fresh()) };
+            }
+            *leaf = Some(block);
         }
         Ok(())
     }

@@ -21,7 +21,14 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
+
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicI64, AtomicU64};
+// Under `cfg(loom)` the counters are loom's atomics, so that loom checks this very code
+// (`tests/loom.rs`).
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicI64, AtomicU64};
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
@@ -42,11 +49,17 @@ pub struct Tally {
     last_seen: AtomicI64,
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<Tally>() == 80);
 
 // SAFETY: every field is an integer, an atomic integer or an `Option<NonNull<_>>`, all valid as zero
-// bytes (`None` is the null pointer).
-unsafe impl Zeroed for Tally {}
+// bytes (`None` is the null pointer). Under loom, whose atomics are not, `fresh` overwrites them.
+unsafe impl Zeroed for Tally {
+    #[cfg(loom)]
+    fn fresh() -> Self {
+        Self::new(FileKey(0), None, 0)
+    }
+}
 
 // SAFETY: the name block is owned by the entry, written before the entry is published and only read
 // afterwards; it is freed only through `&mut Table`, when no `&Tally` can exist. Counters are atomics.

@@ -22,23 +22,28 @@ use iotally::table::{FileKey, Io, OpenOutcome, Table};
 use loom::sync::Arc;
 use loom::thread;
 
-/// A model checker exploring every interleaving with at most `preemptions` forced thread switches.
+/// A model checker exploring every interleaving with at most `preemptions` forced thread switches,
+/// or as many as `LOOM_MAX_PREEMPTIONS` says when it is set (a longer campaign).
 fn builder(preemptions: usize) -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(preemptions);
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
     builder
 }
 
-/// Checks `model` as [`builder`] does and prints how many interleavings it explored.
+/// Checks `model` with [`builder`] and prints how many interleavings it explored.
 fn check(name: &str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = std::sync::Arc::clone(&runs);
-    builder(preemptions).check(move || {
+    let builder = builder(preemptions);
+    let bound = builder.preemption_bound;
+    builder.check(move || {
         counted.fetch_add(1, Relaxed);
         model();
     });
     println!(
-        "loom: {name}: {} interleavings explored (preemption bound {preemptions})",
+        "loom: {name}: {} interleavings explored (preemption bound {bound:?})",
         runs.load(Relaxed)
     );
 }

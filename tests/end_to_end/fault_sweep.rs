@@ -1,5 +1,5 @@
 //! A deterministic fault-injection sweep: a full lifecycle (load, attach three volumes of different
-//! file systems, I/O of every kind, port use, detach, unload) is run once fault-free to count its
+//! file systems, I/O of every kind, port use, a reset, detach, attach again with I/O, unload) is run once fault-free to count its
 //! M eligible requests (pool allocations, contexts, file name information), then once per failure
 //! point N in 1..=M with exactly the Nth request failed ([`FaultPlan::Nth`]). Every run must:
 //! reach its failure point; not panic; show the workload the same I/O results as the fault-free run
@@ -57,8 +57,11 @@ struct Outcome {
     tallies: BTreeMap<String, Tallies>,
     /// Whether a port request (connect included) failed, and was retried after the failure point.
     port_failed: bool,
-    /// The detach's and the unload's statuses.
+    /// Whether the port's reset of the last volume succeeded.
+    reset: bool,
+    /// The detach's, the second attach's and the unload's statuses.
     detach: NTSTATUS,
+    reattach: NTSTATUS,
     unload: NTSTATUS,
     /// Eligible requests the fault plan saw, and how many it failed.
     eligible: u64,
@@ -70,8 +73,9 @@ struct Outcome {
     setup_failed: bool,
 }
 
-/// The I/O of the lifecycle on one volume, each result recorded in `io`.
-fn workload(sim: &Sim, volume: Volume, streams: bool, io: &mut Vec<IoRecord>) {
+/// The I/O of the lifecycle on one volume of file system `fs`, each result recorded in `io`; `round`
+/// names the files it renames and links to (new names each time the workload runs on a volume).
+fn workload(sim: &Sim, volume: Volume, fs: FileSystem, round: u32, io: &mut Vec<IoRecord>) {
     let mut record = |what: &str, status: NTSTATUS, information: usize| {
         io.push((what.to_owned(), status, information));
     };
@@ -92,7 +96,9 @@ fn workload(sim: &Sim, volume: Volume, streams: bool, io: &mut Vec<IoRecord>) {
                 None
             }
         };
-    sim.create_file(volume, r"\data.bin", 0x1_0000);
+    if sim.file_id(volume, r"\data.bin").is_none() {
+        sim.create_file(volume, r"\data.bin", 0x1_0000);
+    }
     if let Some(mut file) = open(r"\new.txt", OpenOptions::create(), &mut record) {
         for (what, result) in [
             ("write", file.write(100, 0)),
@@ -121,23 +127,46 @@ fn workload(sim: &Sim, volume: Volume, streams: bool, io: &mut Vec<IoRecord>) {
         }
     }
     if let Some(mut file) = open(r"\new.txt", OpenOptions::open(), &mut record) {
-        let renamed = file.rename(r"\renamed.txt", false);
+        let renamed = file.rename(&format!(r"\renamed{round}.txt"), false);
         record("rename", renamed.status, renamed.information);
         let read = file.read(10, 0);
         record("read after rename", read.status, read.information);
         record("close", file.close(), 0);
     }
-    if let Some(mut file) = open(r"\doomed.tmp", OpenOptions::create(), &mut record) {
-        let written = file.write(30, 0);
-        record("write", written.status, written.information);
-        let deleted = file.delete();
-        record("delete", deleted.status, deleted.information);
+    if let Some(mut file) = open(r"\data.bin", OpenOptions::open(), &mut record) {
+        // MDL transfers, and fast I/O that the file system refuses under a byte-range lock (the
+        // I/O manager reissues it as an IRP: counted once).
+        for (what, result) in [
+            ("mdl read", file.mdl_read(2048, 0)),
+            ("mdl write", file.mdl_write(1024, 4096)),
+            ("lock", file.lock(0, 512, true)),
+            ("fast read under a lock", file.fast_read(256, 1024)),
+            ("fast write under a lock", file.fast_write(256, 2048)),
+        ] {
+            record(what, result.status, result.information);
+        }
+        if fs == FileSystem::Ntfs {
+            let linked = file.link(&format!(r"\data-link{round}.bin"), false);
+            record("link", linked.status, linked.information);
+        }
         record("close", file.close(), 0);
+    }
+    // A file created, deleted and created again: on FAT the second takes the first's directory
+    // entry, so the same file ID (a fresh tally, not the old one's).
+    for round in 0..2_u32 {
+        if let Some(mut file) = open(r"\doomed.tmp", OpenOptions::create(), &mut record) {
+            let written = file.write(30 + round, 0);
+            record("write", written.status, written.information);
+            let deleted = file.delete();
+            record("delete", deleted.status, deleted.information);
+            record("close", file.close(), 0);
+        }
     }
     if let Some(directory) = open(r"\dir", OpenOptions::directory(), &mut record) {
         record("close", directory.close(), 0);
     }
-    if streams && let Some(mut stream) = open(r"\data.bin:side", OpenOptions::create(), &mut record)
+    if fs != FileSystem::Fat
+        && let Some(mut stream) = open(r"\data.bin:side", OpenOptions::create(), &mut record)
     {
         let written = stream.write(64, 0);
         record("stream write", written.status, written.information);
@@ -177,7 +206,32 @@ fn port_use(sim: &Sim) -> Option<BTreeMap<String, Tallies>> {
         assert_eq!(dump.total as usize, dump.files.len(), "{}", instance.volume);
         tallies.insert(instance.volume.clone(), summary(instance, &dump.files));
     }
+    client
+        .lookup(&format!(r"{}\data.bin", VOLUMES[0].0))
+        .map_err(checked)
+        .ok()?;
     Some(tallies)
+}
+
+/// Resets the tallies of the last volume through the port, as `iotallyctl reset` does; `false`
+/// (after asserting that the failure was clean) if a request failed.
+fn port_reset(sim: &Sim) -> bool {
+    let port = match SimPort::connect(sim, fltsim::Caller::Administrator, &[]) {
+        Ok(port) => port,
+        Err(ConnectError::Other(Code::NtStatus(status))) if status < 0 => return false,
+        Err(other) => panic!("connect failed unexpectedly: {other:?}"),
+    };
+    let mut client = Client::new(port);
+    match client.reset(Some(VOLUMES[2].0)) {
+        Ok(_) => true,
+        Err(error) => {
+            assert!(
+                clean_refusal(&error),
+                "a port request failed uncleanly: {error:?}"
+            );
+            false
+        }
+    }
 }
 
 /// One instance's report as [`Tallies`].
@@ -223,7 +277,7 @@ fn lifecycle(driver: Driver, plan: FaultPlan) -> Outcome {
         .map(|&(device, fs)| sim.add_volume(VolumeSpec::new(device, fs)))
         .collect();
     for (&volume, &(_, fs)) in volumes.iter().zip(&VOLUMES) {
-        workload(&sim, volume, fs != FileSystem::Fat, &mut outcome.io);
+        workload(&sim, volume, fs, 0, &mut outcome.io);
     }
     outcome.tallies = port_use(&sim).unwrap_or_else(|| {
         // The failure point was in the port's requests; nothing fails after it, so the tallies
@@ -236,7 +290,11 @@ fn lifecycle(driver: Driver, plan: FaultPlan) -> Outcome {
         );
         port_use(&sim).expect("the port works once the failure point is past")
     });
+    outcome.reset = port_reset(&sim);
     outcome.detach = sim.detach(volumes[0]);
+    // Attached again, with I/O: the instance is set up anew (its own allocations, failure points).
+    outcome.reattach = sim.attach(volumes[0]);
+    workload(&sim, volumes[0], VOLUMES[0].1, 1, &mut outcome.io);
     outcome.unload = sim.unload(false);
     finish(&sim, outcome)
 }
@@ -342,6 +400,15 @@ fn assert_survived(driver: Driver, n: u64, exact: &Outcome, faulty: &Outcome) {
         (detach, exact.unload),
         "{context}: detach or unload"
     );
+    assert!(
+        faulty.reset || faulty.injected == 1,
+        "{context}: the port's reset failed without a fault"
+    );
+    assert!(
+        faulty.reattach == exact.reattach || (faulty.reattach < 0 && faulty.setup_failed),
+        "{context}: the second attach returned {:#010x} without a logged instance setup failure",
+        faulty.reattach.cast_unsigned()
+    );
     for (device, tallies) in &exact.tallies {
         match faulty.tallies.get(device) {
             Some(faulty) => assert_consistent(device, tallies, faulty, &context),
@@ -360,7 +427,8 @@ for_each_driver! {
         assert_eq!(exact.load, STATUS_SUCCESS);
         assert_eq!(exact.injected, 0);
         assert_eq!(exact.leak, None, "the fault-free lifecycle leaks");
-        assert!(!exact.port_failed && !exact.setup_failed);
+        assert!(!exact.port_failed && !exact.setup_failed && exact.reset);
+        assert_eq!(exact.reattach, STATUS_SUCCESS, "the second attach");
         assert_eq!(exact.tallies.len(), VOLUMES.len(), "not attached to every volume");
         assert!(exact.io.iter().all(|(_, status, _)| *status >= 0), "{:?}", exact.io);
         let m = exact.eligible;
@@ -380,7 +448,7 @@ for_each_driver! {
             survived += 1;
             failed_loads += u32::from(faulty.load != STATUS_SUCCESS);
             failed_setups += u32::from(faulty.setup_failed);
-            failed_port_requests += u32::from(faulty.port_failed);
+            failed_port_requests += u32::from(faulty.port_failed || !faulty.reset);
             if let Some(leak) = faulty.leak {
                 leaks.push(format!("request {n} failed: {leak}"));
             }

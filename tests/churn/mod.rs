@@ -10,22 +10,27 @@
 //!   bytes per file, and nothing else; instance totals their sums; no statistic but the inserts);
 //! - every attachment of a churn volume (from its mount or re-attach to its dismount, its detach or
 //!   the end of the run) is checked the same way against what the workers did during it, just
-//!   before it ends.
+//!   before it ends, untracked transfers included.
 //!
 //! # How a churn volume's attachments are told apart
-//! Each churn volume has an epoch guard (a [`RwLock`]): a worker holds it shared for a whole
-//! operation (open, transfers, close, and recording what it did into the current attachment's
-//! expectation); the chaos thread holds it exclusively to check the attachment and then detach,
-//! attach or dismount. So no handle of a churn volume is open while its attachment changes, and an
-//! attachment's tallies are exactly the operations made under it. What this relies on in fltsim:
+//! Each churn volume has an epoch guard (a [`RwLock`]): a worker holds it shared for each operation
+//! it makes there (an open, a transfer, or a whole open-transfers-close) and for recording what it
+//! did into the current attachment's expectation; the chaos thread holds it exclusively to check
+//! the attachment and then detach, attach or dismount. So no operation of a churn volume is in
+//! flight while its attachment changes, and an attachment's tallies are exactly the operations made
+//! under it. Workers also keep handles open across operations, and so across detaches, attaches
+//! and dismounts ([`churn_step`]). What this relies on in fltsim:
 //! - an operation is filtered by the instance attached when it starts and by no other
 //!   (`filtering_for` in `fltsim/src/io.rs`), and a teardown drains the instance's operations
-//!   before it finishes (`drain` in `fltsim/src/instance.rs`);
+//!   before it finishes (`drain` in `fltsim/src/instance.rs`); it waits for no open handle;
 //! - attaching (`setup` in `fltsim/src/instance.rs`) only calls `InstanceSetup`: the new instance is
 //!   told nothing of files already open, and stream contexts belong to one instance (they are
-//!   deleted with it, `context::instance_gone`). A handle opened before an attach would therefore
-//!   have no entry on the new instance (its transfers counted as untracked, its open never): the
-//!   guard keeps every handle inside one attachment, so this never happens here;
+//!   deleted with it, `context::instance_gone` in `fltsim/src/context.rs`). A handle opened before
+//!   the attachment therefore finds no entry: its open was never counted here, and its transfers
+//!   count as untracked, until the same file is opened again during the attachment (post-create
+//!   then gives the stream, which all its handles share, a context: [`Attachment::transfer`]);
+//! - after a dismount a handle's I/O fails in the file system (`STATUS_VOLUME_DISMOUNTED`, the
+//!   volume's `removed` flag in `fltsim/src/transfer.rs`), with no instance to see it;
 //! - the cache manager's later I/O on a closed cached file (the lazy writer's paging writes and
 //!   deferred closes, `fltsim/src/cachemgr.rs`) is paging I/O or a close, neither of which iotally
 //!   counts, so it may cross an attachment boundary without changing a tally.
@@ -66,6 +71,8 @@ const FILES_PER_WORKER: u64 = 3;
 const NEW_FILES_PER_WORKER: u64 = 2;
 /// Port clients.
 const CLIENTS: u64 = 2;
+/// Churn volumes mounted at a time at most (few, so that kept handles see their volume change).
+const MAX_CHURN_VOLUMES: usize = 3;
 /// Churn volumes are `\Device\HarddiskVolume<n>` from this `n` on (stable ones from 2).
 const FIRST_CHURN_VOLUME: u64 = 10;
 
@@ -116,6 +123,12 @@ pub struct Figures {
     pub churn_checks: u64,
     /// Opens those checks covered (the rest happened while the volume was detached).
     pub churn_opens_checked: u64,
+    /// Untracked transfers those checks covered (through handles older than the attachment).
+    pub churn_untracked_checked: u64,
+    /// Transfers through handles kept open across operations on churn volumes.
+    pub held_transfers: u64,
+    /// Reads through kept handles after their volume was dismounted (which must fail).
+    pub dismounted_reads: u64,
     /// Port sessions of the client threads.
     pub sessions: u64,
     /// Operations of the workers racing the unload (some before it, some during, some after).
@@ -141,12 +154,19 @@ fn add(into: &mut Counts, what: Counts) {
     into.4 += what.4;
 }
 
-/// One read or write of a pre-created file through a path chosen by `rng`, which must succeed with
-/// its full length; returns what it adds to the file's counts.
-fn transfer(rng: &mut TestRng, h: &mut FileHandle<'_>) -> Counts {
-    let length = rng.random_range(1..=8u32) * 512;
-    let offset =
-        u64::from(rng.random_range(0..(u32::try_from(FILE_SIZE).unwrap() / 512 - 8))) * 512;
+/// One read or write through a path chosen by `rng`, which must succeed with its full length:
+/// anywhere in a pre-created file, or of the first 512 bytes of a file a worker created (`small`);
+/// returns what it adds to the file's counts.
+fn transfer(rng: &mut TestRng, h: &mut FileHandle<'_>, small: bool) -> Counts {
+    let (length, offset) = if small {
+        (512, 0)
+    } else {
+        let sectors = u32::try_from(FILE_SIZE / 512).unwrap() - 8;
+        (
+            rng.random_range(1..=8u32) * 512,
+            u64::from(rng.random_range(0..sectors)) * 512,
+        )
+    };
     let (read, r) = match rng.random_range(0..8u32) {
         0 => (true, h.read(length, offset)),
         1 => (false, h.write(length, offset)),
@@ -172,10 +192,39 @@ fn open_transfer_close(sim: &Sim, volume: Volume, name: &str, rng: &mut TestRng)
     let mut h = sim.open(volume, name, OpenOptions::open()).unwrap();
     let mut done = (1, 0, 0, 0, 0);
     for _ in 0..rng.random_range(0..4u32) {
-        add(&mut done, transfer(rng, &mut h));
+        add(&mut done, transfer(rng, &mut h, false));
     }
     assert_eq!(h.close(), 0);
     done
+}
+
+/// What the workers did during one attachment of a churn volume.
+#[derive(Default)]
+struct Attachment {
+    /// Per file opened during the attachment: its opens, and the transfers made on it since.
+    files: Expected,
+    /// `(reads, writes, bytes_read, bytes_written)` of transfers on files not opened during the
+    /// attachment (through handles opened before it began): the stream has no entry and no stream
+    /// context on this instance, so the driver counts them as untracked.
+    untracked: (u64, u64, u64, u64),
+}
+
+impl Attachment {
+    /// Records a transfer on `name`: tallied on its entry if the file was opened during this
+    /// attachment (its post-create then gave the stream a context, which lives as long as the
+    /// stream, so at least as long as the handle), untracked otherwise. A worker's files are its
+    /// own, so nobody else opens `name` meanwhile.
+    fn transfer(&mut self, name: &str, done: Counts) {
+        match self.files.get_mut(name) {
+            Some(counts) if counts.0 > 0 => add(counts, done),
+            _ => {
+                self.untracked.0 += done.1;
+                self.untracked.1 += done.2;
+                self.untracked.2 += done.3;
+                self.untracked.3 += done.4;
+            }
+        }
+    }
 }
 
 /// What a churn volume is now, changed only under the epoch guard's exclusive hold.
@@ -183,7 +232,7 @@ struct Epoch {
     mounted: bool,
     attached: bool,
     /// What the workers did during the current attachment.
-    expected: Mutex<Expected>,
+    expected: Mutex<Attachment>,
 }
 
 /// A churn volume and its epoch guard.
@@ -207,6 +256,9 @@ struct Churn {
     attaches: AtomicU64,
     checks: AtomicU64,
     opens_checked: AtomicU64,
+    untracked_checked: AtomicU64,
+    held_transfers: AtomicU64,
+    dismounted_reads: AtomicU64,
     sessions: AtomicU64,
 }
 
@@ -236,9 +288,10 @@ fn tallied(client: &mut Client<SimPort<'_>>, device: &str) -> (Expected, Instanc
 }
 
 /// Asserts that the driver tallied exactly `want` on `device`: per file, in the instance's totals
-/// and entries, one insert per file and every other statistic 0.
-fn check(client: &mut Client<SimPort<'_>>, device: &str, want: &Expected, what: &str) {
+/// and entries, one insert per file, the untracked transfers, and every other statistic 0.
+fn check(client: &mut Client<SimPort<'_>>, device: &str, want: &Attachment, what: &str) {
     let (got, instance) = tallied(client, device);
+    let (untracked, want) = (want.untracked, &want.files);
     assert_eq!(got, *want, "{what} {device}: tallies");
     let mut sum = (0, 0, 0, 0, 0);
     for &c in want.values() {
@@ -258,10 +311,13 @@ fn check(client: &mut Client<SimPort<'_>>, device: &str, want: &Expected, what: 
             .find(|s| s.name == stat.name())
             .unwrap_or_else(|| panic!("the driver reports no {}", stat.name()))
             .value;
-        let expected = if stat == Stat::Inserts {
-            want.len() as u64
-        } else {
-            0
+        let expected = match stat {
+            Stat::Inserts => want.len() as u64,
+            Stat::UntrackedReads => untracked.0,
+            Stat::UntrackedWrites => untracked.1,
+            Stat::UntrackedBytesRead => untracked.2,
+            Stat::UntrackedBytesWritten => untracked.3,
+            _ => 0,
         };
         assert_eq!(value, expected, "{what} {device}: {}", stat.name());
     }
@@ -293,37 +349,139 @@ fn check_attachment(sim: &Sim, churn: &Churn, cv: &ChurnVolume, epoch: &Epoch) {
     churn.checks.fetch_add(1, Ordering::Relaxed);
     churn
         .opens_checked
-        .fetch_add(want.values().map(|c| c.0).sum(), Ordering::Relaxed);
+        .fetch_add(want.files.values().map(|c| c.0).sum(), Ordering::Relaxed);
+    churn
+        .untracked_checked
+        .fetch_add(want.untracked.0 + want.untracked.1, Ordering::Relaxed);
 }
 
-/// One operation on a churn volume: opens (or creates) one of the worker's files, transfers, closes,
-/// and records it in the attachment's expectation, all under the epoch guard.
+/// A handle a worker keeps open on a churn volume across operations, and so across the
+/// attachment's changes (detach, attach, dismount).
+struct Held<'sim> {
+    cv: Arc<ChurnVolume>,
+    name: String,
+    small: bool,
+    handle: FileHandle<'sim>,
+}
+
+/// Handles a worker keeps open at most.
+const MAX_HELD: usize = 2;
+
+/// Opens (or creates) one of worker `w`'s files on `cv`, whose epoch guard the caller holds
+/// shared, and records the open; a created file gets its first 512 bytes written (recorded too).
+fn open_churn_file<'sim>(
+    sim: &'sim Sim,
+    cv: &ChurnVolume,
+    epoch: &Epoch,
+    rng: &mut TestRng,
+    w: u64,
+) -> (String, bool, FileHandle<'sim>) {
+    let small = rng.random_range(0..4u32) == 0;
+    let (name, mut h) = if small {
+        // A file that may not exist yet: created by the first open (FILE_CREATED), opened after.
+        let name = format!(r"\n{w}-{}", rng.random_range(0..NEW_FILES_PER_WORKER));
+        let h = sim.open(cv.volume, &name, OpenOptions::create()).unwrap();
+        (name, h)
+    } else {
+        let name = format!(r"\w{w}-{}", rng.random_range(0..FILES_PER_WORKER));
+        let h = sim.open(cv.volume, &name, OpenOptions::open()).unwrap();
+        (name, h)
+    };
+    let mut expected = epoch.expected.lock().unwrap();
+    if epoch.attached {
+        expected.files.entry(name.clone()).or_default().0 += 1;
+    }
+    if small {
+        let written = h.write(512, 0);
+        assert_eq!((written.status, written.information), (0, 512));
+        if epoch.attached {
+            expected.transfer(&name, (0, 0, 1, 0, 512));
+        }
+    }
+    (name, small, h)
+}
+
+/// One operation on a churn volume, under its epoch guard (shared): opens one of the worker's
+/// files, transfers up to three times, closes it, and records what it did in the attachment.
 fn churn_operation(sim: &Sim, churn: &Churn, cv: &ChurnVolume, rng: &mut TestRng, w: u64) {
     let epoch = cv.epoch.read().unwrap();
     if !epoch.mounted {
         return;
     }
     churn.operations.fetch_add(1, Ordering::Relaxed);
-    let (name, done) = if rng.random_range(0..4u32) == 0 {
-        // A file that may not exist yet: created by the first open (FILE_CREATED), opened after.
-        let name = format!(r"\n{w}-{}", rng.random_range(0..NEW_FILES_PER_WORKER));
-        let mut h = sim.open(cv.volume, &name, OpenOptions::create()).unwrap();
-        let written = h.write(512, 0);
-        let read = h.read(512, 0);
-        assert_eq!((written.status, written.information), (0, 512));
-        assert_eq!((read.status, read.information), (0, 512));
-        assert_eq!(h.close(), 0);
-        (name, (1, 1, 1, 512, 512))
-    } else {
-        let name = format!(r"\w{w}-{}", rng.random_range(0..FILES_PER_WORKER));
-        let done = open_transfer_close(sim, cv.volume, &name, rng);
-        (name, done)
-    };
-    if epoch.attached {
-        add(
-            epoch.expected.lock().unwrap().entry(name).or_default(),
-            done,
-        );
+    let (name, small, mut h) = open_churn_file(sim, cv, &epoch, rng, w);
+    for _ in 0..rng.random_range(0..4u32) {
+        let done = transfer(rng, &mut h, small);
+        if epoch.attached {
+            epoch.expected.lock().unwrap().transfer(&name, done);
+        }
+    }
+    assert_eq!(h.close(), 0);
+}
+
+/// One step on the churn volumes: open a handle to keep, transfer on a kept handle (each under
+/// the epoch guard of its volume, shared), close a kept one (no guard: a close counts nothing,
+/// and may race a detach), or a whole operation ([`churn_operation`]).
+///
+/// A kept handle is open while its volume is detached, re-attached or dismounted; fltsim's
+/// teardown waits for running callbacks and pended operations (`drain`) and for rundown references,
+/// never for open handles, so this cannot hold a detach up. Its transfers after a re-attach are
+/// untracked unless the file was opened again since ([`Attachment::transfer`]); after a dismount
+/// they fail (`STATUS_VOLUME_DISMOUNTED`, the file system's, with no instance to see them).
+fn churn_step<'sim>(
+    sim: &'sim Sim,
+    churn: &Churn,
+    held: &mut Vec<Held<'sim>>,
+    rng: &mut TestRng,
+    w: u64,
+) {
+    match rng.random_range(0..6u32) {
+        0 | 1 if held.len() < MAX_HELD => {
+            let Some(cv) = churn.pick(rng) else { return };
+            let epoch = cv.epoch.read().unwrap();
+            if !epoch.mounted {
+                return;
+            }
+            churn.operations.fetch_add(1, Ordering::Relaxed);
+            let (name, small, handle) = open_churn_file(sim, &cv, &epoch, rng, w);
+            drop(epoch);
+            held.push(Held {
+                cv,
+                name,
+                small,
+                handle,
+            });
+        }
+        1..=3 if !held.is_empty() => {
+            let i = rng.random_range(0..held.len());
+            let Held {
+                cv,
+                name,
+                small,
+                handle,
+            } = &mut held[i];
+            let epoch = cv.epoch.read().unwrap();
+            if epoch.mounted {
+                let done = transfer(rng, handle, *small);
+                if epoch.attached {
+                    epoch.expected.lock().unwrap().transfer(name, done);
+                }
+                churn.held_transfers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let r = handle.read(512, 0);
+                assert!(r.status < 0, "a read on a dismounted volume succeeds");
+                churn.dismounted_reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        4 if !held.is_empty() => {
+            let i = rng.random_range(0..held.len());
+            assert_eq!(held.swap_remove(i).handle.close(), 0);
+        }
+        _ => {
+            if let Some(cv) = churn.pick(rng) {
+                churn_operation(sim, churn, &cv, rng, w);
+            }
+        }
     }
 }
 
@@ -338,17 +496,19 @@ fn worker(
     ops: u64,
 ) -> Vec<Expected> {
     let mut expected = vec![Expected::new(); stable.len()];
+    let mut held = Vec::new();
     for _ in 0..ops {
         if rng.random_range(0..4u32) == 0 {
-            if let Some(cv) = churn.pick(&mut rng) {
-                churn_operation(sim, churn, &cv, &mut rng, w);
-            }
+            churn_step(sim, churn, &mut held, &mut rng, w);
             continue;
         }
         let vi = rng.random_range(0..stable.len());
         let name = format!(r"\w{w}-{}", rng.random_range(0..FILES_PER_WORKER));
         let done = open_transfer_close(sim, stable[vi], &name, &mut rng);
         add(expected[vi].entry(name).or_default(), done);
+    }
+    for h in held {
+        assert_eq!(h.handle.close(), 0);
     }
     expected
 }
@@ -368,7 +528,7 @@ fn mount(sim: &Sim, n: u64, fs: FileSystem, threads: u64) -> ChurnVolume {
         epoch: RwLock::new(Epoch {
             mounted: true,
             attached: sim.instance(volume).is_some(),
-            expected: Mutex::new(Expected::new()),
+            expected: Mutex::new(Attachment::default()),
         }),
     }
 }
@@ -378,15 +538,16 @@ fn mount(sim: &Sim, n: u64, fs: FileSystem, threads: u64) -> ChurnVolume {
 fn chaos(sim: &Sim, churn: &Churn, mut rng: TestRng, threads: u64) {
     let mut next = FIRST_CHURN_VOLUME + 1;
     while !churn.done.load(Ordering::Acquire) {
+        let mounted = churn.volumes.lock().unwrap().len();
         match rng.random_range(0..4u32) {
-            0 => {
+            0 if mounted < MAX_CHURN_VOLUMES => {
                 let fs = KINDS[rng.random_range(0..KINDS.len())];
                 let cv = mount(sim, next, fs, threads);
                 next += 1;
                 churn.volumes.lock().unwrap().push(Arc::new(cv));
                 churn.mounts.fetch_add(1, Ordering::Relaxed);
             }
-            1 => {
+            0 | 1 => {
                 let mut list = churn.volumes.lock().unwrap();
                 if list.len() > 1 {
                     let i = rng.random_range(0..list.len());
@@ -407,7 +568,7 @@ fn chaos(sim: &Sim, churn: &Churn, mut rng: TestRng, threads: u64) {
                         check_attachment(sim, churn, &cv, &epoch);
                         assert_eq!(sim.detach(cv.volume), 0, "detach {}", cv.device);
                         epoch.attached = false;
-                        epoch.expected.get_mut().unwrap().clear();
+                        *epoch.expected.get_mut().unwrap() = Attachment::default();
                         churn.detaches.fetch_add(1, Ordering::Relaxed);
                     } else {
                         assert_eq!(sim.attach(cv.volume), 0, "attach {}", cv.device);
@@ -465,6 +626,33 @@ fn unload_racing_io(sim: &Sim, stable: &[Volume], config: Config) -> u64 {
     in_flight.into_inner()
 }
 
+/// Prints what a run did and checked.
+fn print(config: Config, stable: u64, figures: &Figures) {
+    let Config { seed, ops, threads } = config;
+    eprintln!(
+        "stress: seed {seed:#x}, {threads} workers x {ops} ops = {}; {} volumes ({} stable, {} \
+         churn: {} mounts, {} dismounts, {} detaches, {} attaches); churn: {} opens ({} checked \
+         exactly), {} transfers on handles kept across operations ({} more refused after a dismount); {} churn attachments checked \
+         exactly ({} untracked transfers among them); {} client sessions; {} ops racing the unload",
+        figures.operations,
+        stable + figures.mounts,
+        stable,
+        figures.mounts,
+        figures.mounts,
+        figures.dismounts,
+        figures.detaches,
+        figures.attaches,
+        figures.churn_operations,
+        figures.churn_opens_checked,
+        figures.held_transfers,
+        figures.dismounted_reads,
+        figures.churn_checks,
+        figures.churn_untracked_checked,
+        figures.sessions,
+        figures.racing_unload,
+    );
+}
+
 /// Runs the stress on `sim`, where the driver is loaded and started, and unloads it at the end with
 /// I/O in flight; panics unless every check passes and the verifier report is empty.
 pub fn run(sim: &Sim, config: Config) -> Figures {
@@ -517,8 +705,12 @@ pub fn run(sim: &Sim, config: Config) -> Figures {
 
     // The stable volumes, and the churn volumes' last attachments.
     let mut client = connect_for_check(sim, &churn);
-    for (vi, want) in expected.iter().enumerate() {
-        check(&mut client, &device(2 + vi as u64), want, "stable volume");
+    for (vi, files) in expected.into_iter().enumerate() {
+        let want = Attachment {
+            files,
+            untracked: (0, 0, 0, 0),
+        };
+        check(&mut client, &device(2 + vi as u64), &want, "stable volume");
     }
     drop(client);
     churn.port_wanted.store(false, Ordering::Release);
@@ -535,6 +727,9 @@ pub fn run(sim: &Sim, config: Config) -> Figures {
         attaches: load(&churn.attaches),
         churn_checks: load(&churn.checks),
         churn_opens_checked: load(&churn.opens_checked),
+        churn_untracked_checked: load(&churn.untracked_checked),
+        held_transfers: load(&churn.held_transfers),
+        dismounted_reads: load(&churn.dismounted_reads),
         sessions: load(&churn.sessions),
         racing_unload: 0,
     };
@@ -546,24 +741,6 @@ pub fn run(sim: &Sim, config: Config) -> Figures {
 
     figures.racing_unload = unload_racing_io(sim, &stable, config);
     sim.verifier_report().assert_clean();
-    eprintln!(
-        "stress: seed {seed:#x}, {threads} workers x {ops} ops = {} ({} on churn volumes, {} of whose \
-         opens checked exactly), {} volumes ({} stable, {} churn: {} mounts, {} dismounts, {} \
-         detaches, {} attaches), {} churn attachments checked exactly, {} client sessions, {} ops \
-         racing the unload",
-        figures.operations,
-        figures.churn_operations,
-        figures.churn_opens_checked,
-        stable.len() as u64 + figures.mounts,
-        stable.len(),
-        figures.mounts,
-        figures.mounts,
-        figures.dismounts,
-        figures.detaches,
-        figures.attaches,
-        figures.churn_checks,
-        figures.sessions,
-        figures.racing_unload,
-    );
+    print(config, stable.len() as u64, &figures);
     figures
 }

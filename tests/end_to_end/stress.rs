@@ -9,7 +9,7 @@ use crate::harness::{Machine, for_each_driver};
 for_each_driver! {
     fn seeded_stress_with_churn_clients_and_unload_in_flight(driver: Driver) {
         let machine = Machine::new(driver);
-        let figures = churn::run(&machine.sim, Config::from_env(400, 3));
+        let figures = churn::run(&machine.sim, Config::from_env(800, 4));
         eprintln!("{driver:?}: {figures:?}");
         assert!(
             figures.churn_checks > 1 && figures.churn_opens_checked > 0,

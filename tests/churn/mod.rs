@@ -635,8 +635,9 @@ fn print(config: Config, stable: u64, figures: &Figures) {
     eprintln!(
         "stress: seed {seed:#x}, {threads} workers x {ops} ops = {}; {} volumes ({} stable, {} \
          churn: {} mounts, {} dismounts, {} detaches, {} attaches); churn: {} opens ({} checked \
-         exactly), {} transfers on handles kept across operations ({} more refused after a dismount); {} churn attachments checked \
-         exactly ({} untracked transfers among them); {} client sessions; {} ops racing the unload",
+         exactly), {} transfers on handles kept across operations ({} more refused after a \
+         dismount); {} churn attachments checked exactly ({} untracked transfers among them); {} \
+         client sessions; {} ops racing the unload",
         figures.operations,
         stable + figures.mounts,
         stable,

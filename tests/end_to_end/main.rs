@@ -3,10 +3,13 @@
 //! assertions.
 
 mod broken;
+#[path = "../churn/mod.rs"]
+mod churn;
 mod fault_sweep;
 mod faults;
 mod harness;
 mod irql;
 mod lifecycle;
 mod port;
+mod stress;
 mod workload;

@@ -35,6 +35,13 @@
 //!   deferred closes, `fltsim/src/cachemgr.rs`) is paging I/O or a close, neither of which iotally
 //!   counts, so it may cross an attachment boundary without changing a tally.
 //!
+//! # Teardown racing I/O
+//! The epoch guard keeps the exact attachments' changes away from their I/O. So that detaches,
+//! attaches and dismounts also race I/O in flight, a second chaos thread churns *racing* volumes
+//! with no guard at all while workers open, write, read and close on them, any outcome accepted:
+//! their tallies are not checked, only that nothing panics, hangs or leaks and that the verifier
+//! report stays empty.
+//!
 //! The port accepts one connection (`MaxConnections` 1): to check, the chaos thread raises a flag
 //! that keeps the client threads from connecting, and retries until the session in progress ends.
 
@@ -76,6 +83,10 @@ const CLIENTS: u64 = 2;
 const MAX_CHURN_VOLUMES: usize = 3;
 /// Churn volumes are `\Device\HarddiskVolume<n>` from this `n` on (stable ones from 2).
 const FIRST_CHURN_VOLUME: u64 = 10;
+/// Racing volumes are `\Device\HarddiskVolume<n>` from this `n` on.
+const FIRST_RACING_VOLUME: u64 = 100_000;
+/// Racing volumes mounted at a time at most.
+const MAX_RACING_VOLUMES: usize = 4;
 
 /// The size of a run.
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +143,16 @@ pub struct Figures {
     pub dismounted_reads: u64,
     /// Port sessions of the client threads.
     pub sessions: u64,
+    /// Racing volumes mounted, dismounted, detached and attached with I/O in flight.
+    pub racing_mounts: u64,
+    /// See `racing_mounts`.
+    pub racing_dismounts: u64,
+    /// See `racing_mounts`.
+    pub racing_detaches: u64,
+    /// See `racing_mounts`.
+    pub racing_attaches: u64,
+    /// Worker operations on racing volumes.
+    pub racing_operations: u64,
     /// Operations of the workers racing the unload (some before it, some during, some after).
     pub racing_unload: u64,
 }
@@ -260,6 +281,13 @@ struct Churn {
     held_transfers: AtomicU64,
     dismounted_reads: AtomicU64,
     sessions: AtomicU64,
+    /// The racing volumes mounted now.
+    racing: Mutex<Vec<Volume>>,
+    racing_mounts: AtomicU64,
+    racing_dismounts: AtomicU64,
+    racing_detaches: AtomicU64,
+    racing_attaches: AtomicU64,
+    racing_operations: AtomicU64,
 }
 
 impl Churn {
@@ -488,8 +516,29 @@ fn churn_step<'sim>(
     }
 }
 
+/// One operation on a racing volume, which may be detached, attached or dismounted meanwhile: any
+/// outcome is accepted.
+fn racing_operation(sim: &Sim, churn: &Churn, rng: &mut TestRng, w: u64) {
+    let volume = {
+        let list = churn.racing.lock().unwrap();
+        if list.is_empty() {
+            return;
+        }
+        list[rng.random_range(0..list.len())]
+    };
+    churn.racing_operations.fetch_add(1, Ordering::Relaxed);
+    let name = format!(r"\r{w}-{}", rng.random_range(0..NEW_FILES_PER_WORKER));
+    if let Ok(mut h) = sim.open(volume, &name, OpenOptions::create()) {
+        let _ = h.write(512, 0);
+        let _ = h.read(512, 0);
+        let _ = h.fast_read(512, 0);
+        let _ = h.close();
+    }
+}
+
 /// A worker: `ops` operations on the stable volumes (recorded in the result, per stable volume) or,
-/// one in four, on a churn volume (recorded in its attachment).
+/// one in four, on a churn volume (recorded in its attachment), or, one in eight, on a racing
+/// volume.
 fn worker(
     sim: &Sim,
     stable: &[Volume],
@@ -501,9 +550,16 @@ fn worker(
     let mut expected = vec![Expected::new(); stable.len()];
     let mut held = Vec::new();
     for _ in 0..ops {
-        if rng.random_range(0..4u32) == 0 {
-            churn_step(sim, churn, &mut held, &mut rng, w);
-            continue;
+        match rng.random_range(0..8u32) {
+            0 | 1 => {
+                churn_step(sim, churn, &mut held, &mut rng, w);
+                continue;
+            }
+            2 => {
+                racing_operation(sim, churn, &mut rng, w);
+                continue;
+            }
+            _ => {}
         }
         let vi = rng.random_range(0..stable.len());
         let name = format!(r"\w{w}-{}", rng.random_range(0..FILES_PER_WORKER));
@@ -584,6 +640,48 @@ fn chaos(sim: &Sim, churn: &Churn, mut rng: TestRng, threads: u64) {
     }
 }
 
+/// The racing chaos thread: mounts, dismounts, detaches and re-attaches racing volumes with no
+/// guard, while workers do I/O on them, until the workers are done.
+fn racing_chaos(sim: &Sim, churn: &Churn, mut rng: TestRng) {
+    let mut next = FIRST_RACING_VOLUME;
+    while !churn.done.load(Ordering::Acquire) {
+        let mounted = churn.racing.lock().unwrap().len();
+        match rng.random_range(0..4u32) {
+            0 if mounted < MAX_RACING_VOLUMES => {
+                let fs = KINDS[rng.random_range(0..KINDS.len())];
+                let volume = sim.add_volume(VolumeSpec::new(&device(next), fs));
+                next += 1;
+                churn.racing.lock().unwrap().push(volume);
+                churn.racing_mounts.fetch_add(1, Ordering::Relaxed);
+            }
+            0 | 1 => {
+                let mut list = churn.racing.lock().unwrap();
+                if list.len() > 1 {
+                    let i = rng.random_range(0..list.len());
+                    let volume = list.swap_remove(i);
+                    drop(list);
+                    sim.remove_volume(volume);
+                    churn.racing_dismounts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {
+                let picked = {
+                    let list = churn.racing.lock().unwrap();
+                    (!list.is_empty()).then(|| list[rng.random_range(0..list.len())])
+                };
+                if let Some(volume) = picked {
+                    if sim.detach(volume) == 0 {
+                        churn.racing_detaches.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert_eq!(sim.attach(volume), 0, "attach a racing volume");
+                        churn.racing_attaches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A port client: connects (the port refuses while another client is connected), lists the
 /// instances, sometimes dumps the first stable volume, and disconnects by dropping the client.
 fn client(sim: &Sim, churn: &Churn, mut rng: TestRng) {
@@ -636,8 +734,9 @@ fn print(config: Config, stable: u64, figures: &Figures) {
         "stress: seed {seed:#x}, {threads} workers x {ops} ops = {}; {} volumes ({} stable, {} \
          churn: {} mounts, {} dismounts, {} detaches, {} attaches); churn: {} opens ({} checked \
          exactly), {} transfers on handles kept across operations ({} more refused after a \
-         dismount); {} churn attachments checked exactly ({} untracked transfers among them); {} \
-         client sessions; {} ops racing the unload",
+         dismount); {} churn attachments checked exactly ({} untracked transfers among them); \
+         racing volumes: {} mounts, {} dismounts, {} detaches, {} attaches under {} ops; {} client \
+         sessions; {} ops racing the unload",
         figures.operations,
         stable + figures.mounts,
         stable,
@@ -652,6 +751,11 @@ fn print(config: Config, stable: u64, figures: &Figures) {
         figures.dismounted_reads,
         figures.churn_checks,
         figures.churn_untracked_checked,
+        figures.racing_mounts,
+        figures.racing_dismounts,
+        figures.racing_detaches,
+        figures.racing_attaches,
+        figures.racing_operations,
         figures.sessions,
         figures.racing_unload,
     );
@@ -686,6 +790,7 @@ pub fn run(sim: &Sim, config: Config) -> Figures {
             .map(|w| scope.spawn(move || worker(sim, stable, churn, rng(seed, w), w, ops)))
             .collect();
         scope.spawn(move || chaos(sim, churn, rng(seed, 1000), threads));
+        scope.spawn(move || racing_chaos(sim, churn, rng(seed, 1001)));
         for c in 0..CLIENTS {
             scope.spawn(move || client(sim, churn, rng(seed, 2000 + c)));
         }
@@ -735,6 +840,11 @@ pub fn run(sim: &Sim, config: Config) -> Figures {
         held_transfers: load(&churn.held_transfers),
         dismounted_reads: load(&churn.dismounted_reads),
         sessions: load(&churn.sessions),
+        racing_mounts: load(&churn.racing_mounts),
+        racing_dismounts: load(&churn.racing_dismounts),
+        racing_detaches: load(&churn.racing_detaches),
+        racing_attaches: load(&churn.racing_attaches),
+        racing_operations: load(&churn.racing_operations),
         racing_unload: 0,
     };
     assert_eq!(

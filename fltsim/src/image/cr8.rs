@@ -3,10 +3,12 @@
 //! On x64 Windows the IRQL *is* CR8, the task-priority register: the WDK's `KeGetCurrentIrql` is
 //! `__readcr8()`, `KeRaiseIrql`/`KeLowerIrql` write it, and a debug build's IRQL assertions read
 //! it. In a user-mode process `mov r64, cr8` (`REX? 0F 20 /r`) and `mov cr8, r64` (`REX? 0F 22 /r`)
-//! are privileged: the CPU raises a general-protection fault, which Linux delivers as `SIGSEGV`.
-//! A `SIGSEGV` handler catches the fault when its instruction pointer lies in the executable
-//! section of a loaded image and the instruction is such an access to CR8, performs it against
-//! the calling thread's simulated IRQL, and resumes after the instruction.
+//! are privileged: the CPU raises a general-protection fault, which Linux delivers as `SIGSEGV`
+//! (under valgrind, which does not decode moves to and from control registers, the same
+//! instruction raises `SIGILL`). A handler of both signals catches the fault when its instruction
+//! pointer lies in the executable section of a loaded image and the instruction is such an access
+//! to CR8, performs it against the calling thread's simulated IRQL, and resumes after the
+//! instruction.
 //!
 //! Every other fault is forwarded: the handler puts the previous handler back (Rust's own, which
 //! reports stack overflows, or the default action) and returns, so the faulting instruction runs
@@ -50,23 +52,28 @@ static RANGES: [Slot; SLOTS] = [const {
     }
 }; SLOTS];
 
-/// The handler that was installed before ours.
-static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// The signals a CR8 access raises: `SIGSEGV` on the CPU, `SIGILL` under valgrind.
+const SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGILL];
+
+/// The handlers that were installed before ours, per signal of [`SIGNALS`].
+static PREVIOUS: [OnceLock<libc::sigaction>; 2] = [const { OnceLock::new() }; 2];
 
 /// Installs the handler (once per process).
 pub(crate) fn install() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: `sigaction` is plain data for which all-zero bytes are valid.
-        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: queries the current SIGSEGV action into `previous`; changes nothing.
-        let status = unsafe { libc::sigaction(libc::SIGSEGV, std::ptr::null(), &raw mut previous) };
-        assert_eq!(
-            status, 0,
-            "fltsim: image loader: sigaction(SIGSEGV) query failed"
-        );
-        previous
-    });
+    for (signal, previous) in SIGNALS.into_iter().zip(&PREVIOUS) {
+        previous.get_or_init(|| {
+            // SAFETY: `sigaction` is plain data for which all-zero bytes are valid.
+            let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: queries the current action of `signal` into `previous`; changes nothing.
+            let status = unsafe { libc::sigaction(signal, std::ptr::null(), &raw mut previous) };
+            assert_eq!(
+                status, 0,
+                "fltsim: image loader: sigaction({signal}) query failed"
+            );
+            previous
+        });
+    }
     INSTALLED.call_once(|| {
         // SAFETY: `sigaction` is plain data for which all-zero bytes are valid.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -74,11 +81,13 @@ pub(crate) fn install() {
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         // SAFETY: `action.sa_mask` is a valid signal set to initialize.
         unsafe { libc::sigemptyset(&raw mut action.sa_mask) };
-        // SAFETY: installs a handler with the signature SA_SIGINFO requires; the previous action
-        // was saved above, before this one can run.
-        let status =
-            unsafe { libc::sigaction(libc::SIGSEGV, &raw const action, std::ptr::null_mut()) };
-        assert_eq!(status, 0, "fltsim: image loader: sigaction(SIGSEGV) failed");
+        for signal in SIGNALS {
+            // SAFETY: installs a handler with the signature SA_SIGINFO requires; the previous
+            // action was saved above, before this one can run.
+            let status =
+                unsafe { libc::sigaction(signal, &raw const action, std::ptr::null_mut()) };
+            assert_eq!(status, 0, "fltsim: image loader: sigaction({signal}) failed");
+        }
     });
 }
 
@@ -206,7 +215,7 @@ fn say(args: std::fmt::Arguments<'_>) {
     unsafe { libc::write(2, message.bytes.as_ptr().cast::<c_void>(), message.len) };
 }
 
-/// The `SIGSEGV` handler.
+/// The `SIGSEGV` and `SIGILL` handler.
 extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut c_void) {
     let context = context.cast::<libc::ucontext_t>();
     // SAFETY: the kernel passes the interrupted context of this thread; RIP is in `gregs`.
@@ -270,7 +279,11 @@ fn emulate(gregs: &mut [libc::greg_t; 23], access: Cr8Access, rip: usize) -> boo
 /// Hands the fault to the previous handler: reinstalls it and lets the instruction fault again (or,
 /// for a signal another thread or process sent, raises it again).
 fn forward(signal: i32, info: *mut libc::siginfo_t) {
-    let Some(previous) = PREVIOUS.get() else {
+    let Some(previous) = SIGNALS
+        .iter()
+        .position(|&s| s == signal)
+        .and_then(|i| PREVIOUS[i].get())
+    else {
         return;
     };
     // SAFETY: restores the action that was installed before ours (saved by `install`).

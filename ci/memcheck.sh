@@ -38,18 +38,15 @@ done
 # Tests left out (libtest's --skip matches a substring of the name):
 # - fltsim's death tests end in a simulated bug check (a panic caught by the test harness), after
 #   which the scenario's allocations are never freed, on purpose (as on Windows); memcheck would
-#   report them as definite leaks. Most are named `..._is_a_violation`; the others are listed by
-#   name (ci/lsan.supp lists the same ones for LeakSanitizer). Death tests that re-run in a child
-#   process are not followed (no --trace-children).
+#   report them as definite leaks. Most are named `..._is_a_violation`; the two that leak and are
+#   named otherwise are listed (ci/lsan.supp lists the same ones for LeakSanitizer). Death tests that
+#   re-run in a child process are not followed (no --trace-children).
 # - rules' contexts_come_back_filled_with_garbage_not_zeroed checks the 0xC5 fill, which
 #   FLTSIM_UNINITIALIZED_POOL=undefined leaves out: its reads are the uninitialized reads memcheck
 #   is here to catch.
 skips=(is_a_violation
     a_filter_handle_cleared_before_unregistering_is_caught_by_a_post_create
     releasing_the_reference_a_link_holds_is_caught_at_that_release
-    a_torn_down_instance_handle_is_stale
-    completing_a_pended_pre_op_at_dispatch_needs_flt_preop_complete
-    completing_a_pended_pre_op_without_callback_passes_no_context
     contexts_come_back_filled_with_garbage_not_zeroed)
 skip_args=()
 for name in "${skips[@]}"; do skip_args+=(--skip "$name"); done

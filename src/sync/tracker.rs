@@ -55,7 +55,7 @@ mod debug {
     #[cfg(all(not(windows), loom))]
     fn current_thread() -> usize {
         loom::thread_local! {
-            static ANCHOR: u8 = const { 0 };
+            static ANCHOR: u8 = 0;
         }
         ANCHOR.with(|anchor| core::ptr::from_ref(anchor).addr())
     }

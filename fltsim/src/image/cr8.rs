@@ -86,7 +86,10 @@ pub(crate) fn install() {
             // action was saved above, before this one can run.
             let status =
                 unsafe { libc::sigaction(signal, &raw const action, std::ptr::null_mut()) };
-            assert_eq!(status, 0, "fltsim: image loader: sigaction({signal}) failed");
+            assert_eq!(
+                status, 0,
+                "fltsim: image loader: sigaction({signal}) failed"
+            );
         }
     });
 }

@@ -18,6 +18,22 @@
 //!
 //! The handler only reads atomics, the faulting thread's IRQL (a thread-local `Cell` without a
 //! destructor) and image code, and writes with `write(2)`: all of which a signal handler may do.
+//!
+//! `SIGSEGV` is handled on the thread's alternate signal stack (`SA_ONSTACK`; Rust's runtime gives
+//! every thread one), so that a stack overflow still reaches the handler and, forwarded, Rust's.
+//! `SIGILL` (valgrind's CR8 fault, or an undefined instruction; never a stack overflow) is handled
+//! on the interrupted stack, because memcheck loses track of the stack pointer after a handler on an
+//! alternate stack when the thread was descheduled while the handler ran. Valgrind keeps one
+//! process-wide "current stack", the registered stack (the main one and each thread's) that the
+//! stack pointer was last seen in: a thread taking the scheduler lock back sets it to its own
+//! stack, but a thread inside a handler is on its alternate stack, which is not registered, so the
+//! current stack stays that of the thread that ran meanwhile. Once the handler has returned, the
+//! thread's first stack-pointer move by an amount valgrind does not special-case (`sub rsp, 0xa8`
+//! in a win64 shim's prologue, say) is taken for a switch back to the thread's stack and not
+//! tracked: the new frame's bytes more than 128 below the old stack pointer stay unaddressable and
+//! memcheck reports the frame's own writes to them as invalid (valgrind 3.19:
+//! `VG_(unknown_SP_update)` in `coregrind/m_stacks.c`, called on lock acquisition in
+//! `coregrind/m_scheduler/scheduler.c`).
 
 use std::ffi::c_void;
 use std::fmt::Write as _;
@@ -55,6 +71,16 @@ static RANGES: [Slot; SLOTS] = [const {
 /// The signals a CR8 access raises: `SIGSEGV` on the CPU, `SIGILL` under valgrind.
 const SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGILL];
 
+/// The `sa_flags` the handler of `signal` is installed with: `SIGSEGV`'s runs on the alternate
+/// signal stack, `SIGILL`'s on the interrupted one (why: the module documentation).
+fn action_flags(signal: i32) -> i32 {
+    if signal == libc::SIGSEGV {
+        libc::SA_SIGINFO | libc::SA_ONSTACK
+    } else {
+        libc::SA_SIGINFO
+    }
+}
+
 /// The handlers that were installed before ours, per signal of [`SIGNALS`].
 static PREVIOUS: [OnceLock<libc::sigaction>; 2] = [const { OnceLock::new() }; 2];
 
@@ -78,10 +104,10 @@ pub(crate) fn install() {
         // SAFETY: `sigaction` is plain data for which all-zero bytes are valid.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_fault as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         // SAFETY: `action.sa_mask` is a valid signal set to initialize.
         unsafe { libc::sigemptyset(&raw mut action.sa_mask) };
         for signal in SIGNALS {
+            action.sa_flags = action_flags(signal);
             // SAFETY: installs a handler with the signature SA_SIGINFO requires; the previous
             // action was saved above, before this one can run.
             let status =
@@ -301,7 +327,36 @@ fn forward(signal: i32, info: *mut libc::siginfo_t) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cr8Access, decode};
+    use super::{Cr8Access, decode, install};
+
+    /// The flags of the action installed for `signal`.
+    fn installed_flags(signal: i32) -> i32 {
+        // SAFETY: `sigaction` is plain data for which all-zero bytes are valid.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: queries the current action of `signal` into `action`; changes nothing.
+        let status = unsafe { libc::sigaction(signal, std::ptr::null(), &raw mut action) };
+        assert_eq!(status, 0);
+        action.sa_flags
+    }
+
+    #[test]
+    fn sigsegv_is_handled_on_the_alternate_stack_and_sigill_on_the_interrupted_one() {
+        install();
+        let segv = installed_flags(libc::SIGSEGV);
+        let ill = installed_flags(libc::SIGILL);
+        assert_ne!(segv & libc::SA_SIGINFO, 0);
+        assert_ne!(
+            segv & libc::SA_ONSTACK,
+            0,
+            "a stack overflow must still reach the handler"
+        );
+        assert_ne!(ill & libc::SA_SIGINFO, 0);
+        assert_eq!(
+            ill & libc::SA_ONSTACK,
+            0,
+            "valgrind's CR8 SIGILL must not leave the thread's stack"
+        );
+    }
 
     #[test]
     fn reads_and_writes_of_cr8_decode_with_their_register() {

@@ -61,20 +61,19 @@ for binary in "${binaries[@]}"; do
         "$binary" --test-threads=2 "${skip_args[@]}"
 done
 
-# The shipped release image (target/package/iotally.sys, built by `cargo xtask package` before this
-# runs) under memcheck: the end-to-end suite's release-image tests, the fault sweep among them, with
-# the image's own machine code checked for invalid accesses and reads of undefined pool (valgrind
-# runs the mapped image like any other code; fltsim emulates its CR8 accesses on the SIGILL valgrind
-# raises for them). Left out: irql (bug-check scenarios, which leave their allocations behind on
-# purpose), stress (minutes under valgrind), broken (builds another image). The debug image is not
-# run here: see the README, "Reliability".
+# The shipped images (target/package and target/package-debug-assertions, built by `cargo xtask
+# package` before this runs) under memcheck: the end-to-end suite's tests on both images, the fault
+# sweep among them, with the images' own machine code checked for invalid accesses and reads of
+# undefined pool (valgrind runs a mapped image like any other code; fltsim emulates its CR8 accesses
+# on the SIGILL valgrind raises for them). Left out: irql (bug-check scenarios, which leave their
+# allocations behind on purpose), stress (minutes under valgrind), broken (builds another image).
 e2e=$(cargo test --locked -p iotally --test end_to_end --no-run --message-format=json |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["executable"])')
-printf '\n--- memcheck %s (release image)\n' "$e2e"
+printf '\n--- memcheck %s (the release and debug images)\n' "$e2e"
 CI=true valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite \
     --errors-for-leak-kinds=definite --num-callers=40 --track-origins=yes \
-    "$e2e" --test-threads=2 release_image --skip irql:: --skip stress --skip broken
+    "$e2e" --test-threads=2 _image --skip irql:: --skip stress --skip broken

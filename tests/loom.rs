@@ -56,6 +56,15 @@ fn shared<T>(value: T) -> Shared<T> {
     Arc::new(PushLock::try_pin_in(value, Global).expect("memory"))
 }
 
+/// Runs `f` on a new model thread with its own handle to `lock`.
+fn spawn<T: 'static, R: 'static>(
+    lock: &Shared<T>,
+    f: impl FnOnce(Shared<T>) -> R + 'static,
+) -> thread::JoinHandle<R> {
+    let lock = Arc::clone(lock);
+    thread::spawn(move || f(lock))
+}
+
 /// A pair whose halves must always be equal: a writer updates both under one exclusive hold, so a
 /// reader that sees them differ got in during the write.
 #[derive(Default)]
@@ -68,23 +77,17 @@ struct Pair {
 fn a_read_guard_never_sees_a_write_in_progress() {
     check("a_read_guard_never_sees_a_write_in_progress", 3, || {
         let lock = shared(Pair::default());
-        let writer = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                let mut pair = lock.write();
-                pair.left += 1;
-                thread::yield_now();
-                pair.right += 1;
-            })
-        };
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                let pair = lock.read();
-                assert_eq!(pair.left, pair.right, "a reader saw half a write");
-                pair.left
-            })
-        };
+        let writer = spawn(&lock, move |lock| {
+            let mut pair = lock.write();
+            pair.left += 1;
+            thread::yield_now();
+            pair.right += 1;
+        });
+        let reader = spawn(&lock, move |lock| {
+            let pair = lock.read();
+            assert_eq!(pair.left, pair.right, "a reader saw half a write");
+            pair.left
+        });
         let seen = reader.join().unwrap();
         writer.join().unwrap();
         assert!(seen <= 1);
@@ -99,8 +102,7 @@ fn write_guards_serialize_read_modify_write() {
         let lock = shared(0_u64);
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                let lock = lock.clone();
-                thread::spawn(move || {
+                spawn(&lock, move |lock| {
                     let mut value = lock.write();
                     let old = *value;
                     thread::yield_now();
@@ -119,24 +121,18 @@ fn write_guards_serialize_read_modify_write() {
 fn mapped_guards_keep_their_hold() {
     check("mapped_guards_keep_their_hold", 3, || {
         let lock = shared(Pair::default());
-        let writer = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                let mut left = PushLockWriteGuard::map(lock.write(), |pair| &mut pair.left);
-                *left += 1;
-                drop(left);
-                let mut pair = lock.write();
-                pair.right += 1;
-            })
-        };
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                let pair = PushLockReadGuard::map(lock.read(), |pair| pair);
-                let left = MappedPushLockReadGuard::map(pair, |pair| &pair.left);
-                *left
-            })
-        };
+        let writer = spawn(&lock, move |lock| {
+            let mut left = PushLockWriteGuard::map(lock.write(), |pair| &mut pair.left);
+            *left += 1;
+            drop(left);
+            let mut pair = lock.write();
+            pair.right += 1;
+        });
+        let reader = spawn(&lock, move |lock| {
+            let pair = PushLockReadGuard::map(lock.read(), |pair| pair);
+            let left = MappedPushLockReadGuard::map(pair, |pair| &pair.left);
+            *left
+        });
         assert!(reader.join().unwrap() <= 1);
         writer.join().unwrap();
         let pair = lock.read();
@@ -149,10 +145,7 @@ fn shared_guards_are_held_at_once() {
     check("shared_guards_are_held_at_once", 2, || {
         let lock = shared(7_u64);
         let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let lock = lock.clone();
-                thread::spawn(move || *lock.read())
-            })
+            .map(|_| spawn(&lock, move |lock| *lock.read()))
             .collect();
         let main_hold = lock.read();
         for thread in threads {
@@ -200,14 +193,12 @@ fn io_under_the_shared_guard_survives_an_entry_moving() {
         || {
             let lock = table_with(4, &[K1, K2]);
             let hint = lock.read().slot(K2).expect("K2 is tallied");
-            let by_key = {
-                let lock = lock.clone();
-                thread::spawn(move || lock.read().record_io(K2, Io::Read, 512, 10))
-            };
-            let by_hint = {
-                let lock = lock.clone();
-                thread::spawn(move || lock.read().record_io_at(hint, K2, Io::Write, 100, 11))
-            };
+            let by_key = spawn(&lock, move |lock| {
+                lock.read().record_io(K2, Io::Read, 512, 10)
+            });
+            let by_hint = spawn(&lock, move |lock| {
+                lock.read().record_io_at(hint, K2, Io::Write, 100, 11)
+            });
             assert!(lock.write().forget(K1));
             assert!(by_key.join().unwrap(), "K2 always has an entry");
             assert!(by_hint.join().unwrap(), "K2 always has an entry");
@@ -232,15 +223,12 @@ fn io_under_the_shared_guard_and_an_eviction_count_exactly() {
         3,
         || {
             let lock = table_with(2, &[K1, K2]);
-            let io = {
-                let lock = lock.clone();
-                thread::spawn(move || {
-                    let table = lock.read();
-                    let k2 = table.record_io(K2, Io::Write, 4096, 5);
-                    let k1 = table.record_io(K1, Io::Read, 1, 0);
-                    (k1, k2)
-                })
-            };
+            let io = spawn(&lock, move |lock| {
+                let table = lock.read();
+                let k2 = table.record_io(K2, Io::Write, 4096, 5);
+                let k1 = table.record_io(K1, Io::Read, 1, 0);
+                (k1, k2)
+            });
             let opened = lock.write().record_open(K3, &[0x62], 6);
             let (k1_counted, k2_counted) = io.join().unwrap();
             assert_eq!(opened, OpenOutcome::InsertedAfterEviction);
@@ -263,8 +251,9 @@ fn byte_totals_saturate_whatever_the_interleaving() {
         assert!(lock.read().record_io(K1, Io::Read, u64::MAX - 100, 1));
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                let lock = lock.clone();
-                thread::spawn(move || assert!(lock.read().record_io(K1, Io::Read, 60, 2)))
+                spawn(&lock, move |lock| {
+                    assert!(lock.read().record_io(K1, Io::Read, 60, 2));
+                })
             })
             .collect();
         for thread in threads {
@@ -283,8 +272,7 @@ fn a_plain_counter_under_shared_guards_is_reported() {
         let lock = shared(loom::cell::UnsafeCell::new(0_u64));
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                let lock = lock.clone();
-                thread::spawn(move || {
+                spawn(&lock, move |lock| {
                     let counter = lock.read();
                     // SAFETY: deliberately unsound (two writers at once), for loom to report.
                     counter.with_mut(|value| unsafe { *value += 1 });

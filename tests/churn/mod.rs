@@ -292,9 +292,14 @@ struct Churn {
 
 impl Churn {
     fn pick(&self, rng: &mut TestRng) -> Option<Arc<ChurnVolume>> {
-        let list = self.volumes.lock().unwrap();
-        (!list.is_empty()).then(|| Arc::clone(&list[rng.random_range(0..list.len())]))
+        pick(&self.volumes, rng)
     }
+}
+
+/// A copy of a random element of `list`, if it has one.
+fn pick<T: Clone>(list: &Mutex<Vec<T>>, rng: &mut TestRng) -> Option<T> {
+    let list = list.lock().unwrap();
+    (!list.is_empty()).then(|| list[rng.random_range(0..list.len())].clone())
 }
 
 /// The driver's tallies of `device`, by path on the volume, and its instance.
@@ -519,12 +524,8 @@ fn churn_step<'sim>(
 /// One operation on a racing volume, which may be detached, attached or dismounted meanwhile: any
 /// outcome is accepted.
 fn racing_operation(sim: &Sim, churn: &Churn, rng: &mut TestRng, w: u64) {
-    let volume = {
-        let list = churn.racing.lock().unwrap();
-        if list.is_empty() {
-            return;
-        }
-        list[rng.random_range(0..list.len())]
+    let Some(volume) = pick(&churn.racing, rng) else {
+        return;
     };
     churn.racing_operations.fetch_add(1, Ordering::Relaxed);
     let name = format!(r"\r{w}-{}", rng.random_range(0..NEW_FILES_PER_WORKER));
@@ -665,11 +666,7 @@ fn racing_chaos(sim: &Sim, churn: &Churn, mut rng: TestRng) {
                 }
             }
             _ => {
-                let picked = {
-                    let list = churn.racing.lock().unwrap();
-                    (!list.is_empty()).then(|| list[rng.random_range(0..list.len())])
-                };
-                if let Some(volume) = picked {
+                if let Some(volume) = pick(&churn.racing, &mut rng) {
                     if sim.detach(volume) == 0 {
                         churn.racing_detaches.fetch_add(1, Ordering::Relaxed);
                     } else {

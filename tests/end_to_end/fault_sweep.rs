@@ -183,15 +183,20 @@ fn clean_refusal(error: &Error) -> bool {
     }
 }
 
+/// A client of the port; `None` if the connection was refused with an error status (a failure
+/// point in the port's connect notification).
+fn connect(sim: &Sim) -> Option<Client<SimPort<'_>>> {
+    match SimPort::connect(sim, fltsim::Caller::Administrator, &[]) {
+        Ok(port) => Some(Client::new(port)),
+        Err(ConnectError::Other(Code::NtStatus(status))) if status < 0 => None,
+        Err(other) => panic!("connect failed unexpectedly: {other:?}"),
+    }
+}
+
 /// Connects, says hello, lists the instances and dumps each; `None` (after asserting that the
 /// failure was clean) if some request failed.
 fn port_use(sim: &Sim) -> Option<BTreeMap<String, Tallies>> {
-    let port = match SimPort::connect(sim, fltsim::Caller::Administrator, &[]) {
-        Ok(port) => port,
-        Err(ConnectError::Other(Code::NtStatus(status))) if status < 0 => return None,
-        Err(other) => panic!("connect failed unexpectedly: {other:?}"),
-    };
-    let mut client = Client::new(port);
+    let mut client = connect(sim)?;
     let checked = |error: Error| {
         assert!(
             clean_refusal(&error),
@@ -216,12 +221,9 @@ fn port_use(sim: &Sim) -> Option<BTreeMap<String, Tallies>> {
 /// Resets the tallies of the last volume through the port, as `iotallyctl reset` does; `false`
 /// (after asserting that the failure was clean) if a request failed.
 fn port_reset(sim: &Sim) -> bool {
-    let port = match SimPort::connect(sim, fltsim::Caller::Administrator, &[]) {
-        Ok(port) => port,
-        Err(ConnectError::Other(Code::NtStatus(status))) if status < 0 => return false,
-        Err(other) => panic!("connect failed unexpectedly: {other:?}"),
+    let Some(mut client) = connect(sim) else {
+        return false;
     };
-    let mut client = Client::new(port);
     match client.reset(Some(VOLUMES[2].0)) {
         Ok(_) => true,
         Err(error) => {
